@@ -1,0 +1,290 @@
+package crdt
+
+import (
+	"slices"
+	"strings"
+)
+
+// Version is one edit of one register (a field, or a field group as a whole).
+type Version struct {
+	// Value is the written value (a Tuple for a group), or Null.
+	Value Value
+	// TS is the HLC timestamp of the edit. It breaks ties between concurrent
+	// edits only; it never decides between causally related ones.
+	TS Timestamp
+	// Origin names who made the edit: "api", "postgres:crm", ...
+	Origin string
+	// Dot is the id of the edit (shared by every register the edit wrote).
+	Dot Dot
+	// Ctx is what the writer had seen of this register. A version whose dot
+	// Ctx covers is superseded by this one.
+	Ctx VV
+}
+
+// Sees reports whether v's writer had seen w, i.e. v supersedes w.
+func (v *Version) Sees(w *Version) bool { return v.Ctx.Covers(w.Dot) }
+
+// Register is the CRDT state of one field or field group: a set of versions
+// keyed by dot, kept sorted by dot so equal sets have equal representations.
+//
+// Merge is set union: commutative, associative and idempotent. Everything
+// else (live set, resolved value, fates) is a pure function of the set.
+//
+// A node's store keeps only live versions in a record's register and moves
+// dominated ones to history (TakeDominated); property tests use full sets.
+type Register struct {
+	Name     string
+	Versions []Version
+}
+
+// find returns the index where a version with dot d is or would be inserted.
+func (r *Register) find(d Dot) (int, bool) {
+	return slices.BinarySearchFunc(r.Versions, d, func(v Version, d Dot) int { return v.Dot.Compare(d) })
+}
+
+// Has reports whether the register holds a version with dot d.
+func (r *Register) Has(d Dot) bool {
+	_, ok := r.find(d)
+	return ok
+}
+
+// Add inserts v unless a version with the same dot is present. It reports
+// whether the set changed. A dot identifies exactly one version, so an equal
+// dot means a duplicate delivery.
+func (r *Register) Add(v Version) bool {
+	i, ok := r.find(v.Dot)
+	if ok {
+		return false
+	}
+	r.Versions = slices.Insert(r.Versions, i, v)
+	return true
+}
+
+// Merge adds every version of o into r (set union).
+func (r *Register) Merge(o *Register) bool {
+	changed := false
+	for _, v := range o.Versions {
+		if r.Add(v) {
+			changed = true
+		}
+	}
+	return changed
+}
+
+// Dominated reports whether version i is superseded by another version of r.
+func (r *Register) Dominated(i int) bool {
+	d := r.Versions[i].Dot
+	for j := range r.Versions {
+		if j != i && r.Versions[j].Ctx.Covers(d) {
+			return true
+		}
+	}
+	return false
+}
+
+// Resolve applies p to the live versions. It returns the index of the
+// winning version (-1 when the register is empty) and the number of live
+// versions; more than one live version is a conflict. It does not allocate.
+func (r *Register) Resolve(p *Policy) (winner, live int) {
+	winner = -1
+	for i := range r.Versions {
+		if r.Dominated(i) {
+			continue
+		}
+		live++
+		if winner < 0 || p.Beats(&r.Versions[i], &r.Versions[winner]) {
+			winner = i
+		}
+	}
+	return winner, live
+}
+
+// Live returns the indexes of live versions, appended to buf.
+func (r *Register) Live(buf []int) []int {
+	for i := range r.Versions {
+		if !r.Dominated(i) {
+			buf = append(buf, i)
+		}
+	}
+	return buf
+}
+
+// Context is the register's version vector: every dot and context it holds.
+// A write that uses it as its context supersedes every version present.
+func (r *Register) Context() VV {
+	var vv VV
+	for i := range r.Versions {
+		vv = vv.Join(r.Versions[i].Ctx).WithDot(r.Versions[i].Dot)
+	}
+	return vv
+}
+
+// TakeDominated removes the dominated versions from r and appends them to
+// buf, in dot order. The store calls it after Add to move superseded
+// versions to history; a dominated version stays dominated, because the
+// context of a version that supersedes another covers that one's context
+// (contexts are closed when an edit is accepted, see CloseContext).
+func (r *Register) TakeDominated(buf []Version) []Version {
+	keep := r.Versions[:0]
+	n := len(r.Versions)
+	// Decide first, then compact: dominance must be judged against the whole set.
+	var mask uint64
+	var big []bool
+	if n > 64 {
+		big = make([]bool, n)
+	}
+	for i := 0; i < n; i++ {
+		if r.Dominated(i) {
+			if big != nil {
+				big[i] = true
+			} else {
+				mask |= 1 << i
+			}
+		}
+	}
+	for i := 0; i < n; i++ {
+		dom := mask&(1<<i) != 0
+		if big != nil {
+			dom = big[i]
+		}
+		if dom {
+			buf = append(buf, r.Versions[i])
+		} else {
+			keep = append(keep, r.Versions[i])
+		}
+	}
+	clear(r.Versions[len(keep):n])
+	r.Versions = keep
+	return buf
+}
+
+// CloseContext returns the context an edit of r accepted now must carry.
+//
+// Without a client context (given == nil) it is the register's own context:
+// the edit overwrites what the node shows. With one (from an earlier read),
+// the context is first clipped to applied (what this node has applied of each
+// origin: a context may not claim edits the node has not seen), then closed
+// over the versions it covers: if the writer saw w, it saw everything w saw.
+// Closure keeps dominance transitive, which history moves rely on.
+func (r *Register) CloseContext(given VV, explicit bool, applied VV) VV {
+	if !explicit {
+		return r.Context()
+	}
+	ctx := given.Meet(applied)
+	for i := range r.Versions {
+		if ctx.Covers(r.Versions[i].Dot) {
+			ctx = ctx.Join(r.Versions[i].Ctx)
+		}
+	}
+	return ctx
+}
+
+// Beats reports whether a wins over b under p. Only meaningful between
+// concurrent (live) versions.
+//
+//   - lww: greater (ts, origin, dot);
+//   - priority: greater (rank(origin), ts, origin, dot), unlisted origins lowest;
+//   - mvr: like lww (the pick shown to connectors; all live values are siblings).
+func (p *Policy) Beats(a, b *Version) bool {
+	if p.Kind == PolicyPriority {
+		ra, rb := p.Rank(a.Origin), p.Rank(b.Origin)
+		if ra != rb {
+			return ra > rb
+		}
+	}
+	if a.TS != b.TS {
+		return a.TS > b.TS
+	}
+	if c := strings.Compare(a.Origin, b.Origin); c != 0 {
+		return c > 0
+	}
+	return a.Dot.Compare(b.Dot) > 0
+}
+
+// Rank is the priority of origin under p: len(Priority) for the first listed
+// origin down to 1 for the last; 0 for unlisted origins.
+func (p *Policy) Rank(origin string) int {
+	for i, o := range p.Priority {
+		if o == origin {
+			return len(p.Priority) - i
+		}
+	}
+	return 0
+}
+
+// Fate says what became of a version.
+type Fate uint8
+
+// Fates of a version in history.
+const (
+	// FateWon: the version is the register's resolved value.
+	FateWon Fate = iota + 1
+	// FateSuperseded: a later edit that saw it replaced it (By names it).
+	FateSuperseded
+	// FateLost: it is live but lost to a concurrent edit under the policy (By names the winner).
+	FateLost
+	// FateSibling: mvr only; it is live and kept as a sibling of the pick (By names the pick).
+	FateSibling
+)
+
+func (f Fate) String() string {
+	switch f {
+	case FateWon:
+		return "won"
+	case FateSuperseded:
+		return "superseded"
+	case FateLost:
+		return "lost"
+	case FateSibling:
+		return "sibling"
+	}
+	return "unknown"
+}
+
+// Verdict is the fate of one version and the edit it refers to.
+type Verdict struct {
+	Fate Fate
+	By   Dot
+}
+
+// Fates judges every version of a full register (live and history alike):
+// the winner won; another live version lost to the winner (mvr: is its
+// sibling); a dominated version was superseded by the earliest edit, by
+// (ts, origin, dot), that saw it. The result is indexed like all.
+func Fates(all []Version, p *Policy) []Verdict {
+	r := Register{Versions: all}
+	winner, _ := r.Resolve(p)
+	out := make([]Verdict, len(all))
+	for i := range all {
+		by := -1
+		for j := range all {
+			if j == i || !all[j].Ctx.Covers(all[i].Dot) {
+				continue
+			}
+			if by < 0 || earlier(&all[j], &all[by]) {
+				by = j
+			}
+		}
+		switch {
+		case by >= 0:
+			out[i] = Verdict{Fate: FateSuperseded, By: all[by].Dot}
+		case i == winner:
+			out[i] = Verdict{Fate: FateWon, By: all[i].Dot}
+		case p.Kind == PolicyMVR:
+			out[i] = Verdict{Fate: FateSibling, By: all[winner].Dot}
+		default:
+			out[i] = Verdict{Fate: FateLost, By: all[winner].Dot}
+		}
+	}
+	return out
+}
+
+func earlier(a, b *Version) bool {
+	if a.TS != b.TS {
+		return a.TS < b.TS
+	}
+	if c := strings.Compare(a.Origin, b.Origin); c != 0 {
+		return c < 0
+	}
+	return a.Dot.Compare(b.Dot) < 0
+}

@@ -1,0 +1,257 @@
+package storage
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/lattice-sync/lattice/crdt"
+)
+
+// PrepareFunc computes the writes of a local edit from the record's current
+// state (empty for a new record) and the node's applied vector. It runs on
+// the committer goroutine, so it sees every edit committed before it; it must
+// not keep rec. An error refuses the edit and nothing is written.
+type PrepareFunc func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error)
+
+// Result is the outcome of an accepted edit.
+type Result struct {
+	// Edit is the edit as accepted (for a remote edit that was already
+	// applied, Duplicate is true and Edit is the one submitted).
+	Edit      *crdt.Edit
+	Duplicate bool
+	// Record is the record state right after the edit.
+	Record *crdt.Record
+}
+
+type op struct {
+	// local edit
+	entity, id, origin string
+	prepare            PrepareFunc
+	// remote edit
+	remote *crdt.Edit
+
+	res  *Result
+	err  error
+	done chan struct{}
+}
+
+// Write accepts a local edit of (entity, id) made by origin: it assigns the
+// next dot and an HLC timestamp, applies it, and returns once it is durable.
+func (s *Store) Write(ctx context.Context, entity, id, origin string, prepare PrepareFunc) (*Result, error) {
+	if err := crdt.CheckID(id); err != nil {
+		return nil, err
+	}
+	return s.submit(ctx, &op{entity: entity, id: id, origin: origin, prepare: prepare})
+}
+
+// ApplyRemote applies an edit minted by another node. Edits of one origin
+// must arrive in sequence order: an edit at or below the origin's applied
+// mark is a harmless duplicate; one that skips a sequence fails with ErrGap.
+// A timestamp beyond max-offset is refused (crdt.ErrClockOffset).
+func (s *Store) ApplyRemote(ctx context.Context, e *crdt.Edit) (*Result, error) {
+	if e.Dot.Node == s.cfg.NodeID {
+		return nil, fmt.Errorf("remote edit %s claims this node's origin", e.Dot)
+	}
+	return s.submit(ctx, &op{remote: e})
+}
+
+// batchState is what one committer round has staged.
+type batchState struct {
+	b       *pebble.Batch
+	records map[string]*crdt.Record // by record key
+	applied map[string]uint64       // advanced marks
+	ops     []*op
+	edits   []*crdt.Edit
+	conflicts int
+}
+
+func (s *Store) committer() {
+	defer close(s.stopped)
+	for {
+		var first *op
+		select {
+		case first = <-s.reqs:
+		case <-s.stop:
+			s.drainClosed()
+			return
+		}
+		st := &batchState{b: s.db.NewBatch(), records: map[string]*crdt.Record{}, applied: map[string]uint64{}}
+		s.stage(st, first)
+	gather:
+		for len(st.ops) < s.cfg.MaxBatch {
+			select {
+			case o := <-s.reqs:
+				s.stage(st, o)
+			default:
+				break gather
+			}
+		}
+		s.commit(st)
+	}
+}
+
+// drainClosed fails requests still queued at Close.
+func (s *Store) drainClosed() {
+	for {
+		select {
+		case o := <-s.reqs:
+			o.err = ErrClosed
+			close(o.done)
+		default:
+			return
+		}
+	}
+}
+
+func (s *Store) appliedMark(st *batchState, origin string) uint64 {
+	if seq, ok := st.applied[origin]; ok {
+		return seq
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mu.applied.Get(origin)
+}
+
+func (s *Store) appliedVV(st *batchState) crdt.VV {
+	s.mu.Lock()
+	vv := s.mu.applied
+	s.mu.Unlock()
+	if len(st.applied) > 0 {
+		vv = vv.Join(crdt.MakeVV(st.applied))
+	}
+	return vv
+}
+
+// load returns the record state as staged in this batch or stored.
+func (s *Store) loadStaged(st *batchState, entity, id string) (*crdt.Record, string, error) {
+	k := string(recordKey(entity, id))
+	if rec, ok := st.records[k]; ok {
+		return rec, k, nil
+	}
+	rec, err := s.getRecord([]byte(k))
+	if errors.Is(err, ErrNotFound) {
+		rec, err = &crdt.Record{}, nil
+	}
+	return rec, k, err
+}
+
+// stage applies one op to the batch, or fails it without touching the batch.
+func (s *Store) stage(st *batchState, o *op) {
+	var e *crdt.Edit
+	if o.remote != nil {
+		e = o.remote
+		mark := s.appliedMark(st, e.Dot.Node)
+		switch {
+		case e.Dot.Seq <= mark:
+			o.res = &Result{Edit: e, Duplicate: true}
+			st.ops = append(st.ops, o)
+			return
+		case e.Dot.Seq != mark+1:
+			o.err = fmt.Errorf("%w: edit %s after %s:%d", ErrGap, e.Dot, e.Dot.Node, mark)
+			close(o.done)
+			return
+		}
+		if err := s.clock.Update(e.TS); err != nil {
+			o.err = fmt.Errorf("edit %s: %w", e.Dot, err)
+			close(o.done)
+			return
+		}
+	}
+	entity, id := o.entity, o.id
+	if e != nil {
+		entity, id = e.Entity, e.ID
+	}
+	rec, key, err := s.loadStaged(st, entity, id)
+	if err != nil {
+		o.err = err
+		close(o.done)
+		return
+	}
+	if e == nil {
+		// Prepare on a copy: a refused edit must leave the staged state untouched.
+		writes, err := o.prepare(rec, s.appliedVV(st))
+		if err != nil {
+			o.err = err
+			close(o.done)
+			return
+		}
+		seq := s.appliedMark(st, s.cfg.NodeID) + 1
+		e = &crdt.Edit{Entity: entity, ID: id, Origin: o.origin, Writes: writes,
+			Dot: crdt.Dot{Node: s.cfg.NodeID, Seq: seq}, TS: s.clock.Now()}
+	}
+	rec.Apply(e)
+	st.conflicts += countConflicts(rec, e)
+	rec.TakeDominated(func(register string, v crdt.Version) {
+		st.b.Set(historyKey(entity, id, register, v.Dot), crdt.AppendVersion(nil, &v), nil)
+	})
+	st.records[key] = rec
+	st.applied[e.Dot.Node] = e.Dot.Seq
+	st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), crdt.AppendEdit(nil, e), nil)
+	o.res = &Result{Edit: e}
+	st.ops = append(st.ops, o)
+	st.edits = append(st.edits, e)
+}
+
+// countConflicts counts registers the edit wrote that now hold more than one version.
+func countConflicts(rec *crdt.Record, e *crdt.Edit) int {
+	n := 0
+	for i := range e.Writes {
+		if r := rec.Register(e.Writes[i].Register); r != nil && len(r.Versions) > 1 {
+			// Versions left after TakeDominated are live; before it, count live ones.
+			live := 0
+			for j := range r.Versions {
+				if !r.Dominated(j) {
+					live++
+				}
+			}
+			if live > 1 {
+				n++
+			}
+		}
+	}
+	return n
+}
+
+func (s *Store) commit(st *batchState) {
+	start := time.Now()
+	var err error
+	if len(st.edits) > 0 {
+		for k, rec := range st.records {
+			st.b.Set([]byte(k), crdt.AppendRecord(nil, rec), nil)
+		}
+		for origin, seq := range st.applied {
+			st.b.Set(appliedKey(origin), uvarintBytes(seq), nil)
+		}
+		err = st.b.Commit(pebble.Sync)
+	}
+	st.b.Close()
+	if err != nil {
+		err = fmt.Errorf("commit batch: %w", err)
+		s.log.Error("commit failed", "err", err, "edits", len(st.edits))
+	} else if len(st.edits) > 0 {
+		s.mu.Lock()
+		s.mu.applied = s.mu.applied.Join(crdt.MakeVV(st.applied))
+		for sub := range s.mu.subs {
+			sub.offer(st.edits)
+		}
+		s.mu.Unlock()
+		if s.cfg.Metrics != nil {
+			s.cfg.Metrics.Committed(len(st.edits), st.conflicts, time.Since(start))
+		}
+	}
+	for _, o := range st.ops {
+		if err != nil && !o.res.Duplicate {
+			o.res, o.err = nil, err
+		} else if o.res != nil && !o.res.Duplicate {
+			o.res.Record = st.records[string(recordKey(o.res.Edit.Entity, o.res.Edit.ID))].Clone()
+		}
+		close(o.done)
+	}
+}
+
+func putUvarint(b []byte, x uint64) int { return binary.PutUvarint(b, x) }

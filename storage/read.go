@@ -1,0 +1,156 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/cockroachdb/pebble/v2"
+
+	"github.com/lattice-sync/lattice/crdt"
+)
+
+func (s *Store) getRecord(key []byte) (*crdt.Record, error) {
+	v, closer, err := s.db.Get(key)
+	if errors.Is(err, pebble.ErrNotFound) {
+		return nil, ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer closer.Close()
+	rec, err := crdt.DecodeRecord(v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: record %q: %v", ErrCorrupt, key, err)
+	}
+	return rec, nil
+}
+
+// Get returns the state of one record (its live versions and context) with
+// one point lookup, or ErrNotFound.
+func (s *Store) Get(entity, id string) (*crdt.Record, error) {
+	return s.getRecord(recordKey(entity, id))
+}
+
+// RecordEntry is a record state with its id.
+type RecordEntry struct {
+	ID     string
+	Record *crdt.Record
+}
+
+// List returns up to limit records of entity with ids greater than after,
+// in id order, and whether more follow.
+func (s *Store) List(entity, after string, limit int) ([]RecordEntry, bool, error) {
+	prefix := recordPrefix(entity)
+	lower := prefix
+	if after != "" {
+		lower = append(recordKey(entity, after), 0) // first key after `after`
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: lower, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, false, err
+	}
+	defer it.Close()
+	var out []RecordEntry
+	for it.First(); it.Valid(); it.Next() {
+		if len(out) == limit {
+			return out, true, nil
+		}
+		id, rest, err := readEscaped(it.Key()[len(prefix):])
+		if err != nil || len(rest) != 0 {
+			return nil, false, fmt.Errorf("%w: record key %q", ErrCorrupt, it.Key())
+		}
+		rec, err := crdt.DecodeRecord(it.Value())
+		if err != nil {
+			return nil, false, fmt.Errorf("%w: record %q: %v", ErrCorrupt, id, err)
+		}
+		out = append(out, RecordEntry{ID: id, Record: rec})
+	}
+	return out, false, it.Error()
+}
+
+// Versions returns every kept version of a register: the live ones in the
+// record and the superseded ones in history, sorted by dot.
+func (s *Store) Versions(entity, id, register string) ([]crdt.Version, error) {
+	rec, err := s.Get(entity, id)
+	if err != nil {
+		return nil, err
+	}
+	var out []crdt.Version
+	if r := rec.Register(register); r != nil {
+		out = append(out, r.Versions...)
+	}
+	prefix := historyPrefix(entity, id, register)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return nil, err
+	}
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		v, err := crdt.DecodeVersion(it.Value())
+		if err != nil {
+			return nil, fmt.Errorf("%w: history %q: %v", ErrCorrupt, it.Key(), err)
+		}
+		out = append(out, v)
+	}
+	if err := it.Error(); err != nil {
+		return nil, err
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Dot.Compare(out[j].Dot) < 0 })
+	return out, nil
+}
+
+// ScanOpLog calls fn for each op-log entry of origin with seq > after, in
+// sequence order, until fn returns false or limit entries were read.
+func (s *Store) ScanOpLog(origin string, after uint64, limit int, fn func(*crdt.Edit) bool) error {
+	prefix := opLogPrefix(origin)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: opLogKey(origin, after+1), UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return err
+	}
+	defer it.Close()
+	n := 0
+	for it.First(); it.Valid() && n != limit; it.Next() {
+		e, err := crdt.DecodeEdit(it.Value())
+		if err != nil {
+			return fmt.Errorf("%w: op log %q: %v", ErrCorrupt, it.Key(), err)
+		}
+		n++
+		if !fn(e) {
+			break
+		}
+	}
+	return it.Error()
+}
+
+// Prune deletes superseded versions whose timestamp is below horizon from
+// the history of every record of entity. Live versions are never in history,
+// so they are never pruned. It returns how many versions were deleted.
+func (s *Store) Prune(entity string, horizon crdt.Timestamp) (int, error) {
+	prefix := appendEscaped([]byte{prefixHistory}, entity)
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
+	if err != nil {
+		return 0, err
+	}
+	defer it.Close()
+	b := s.db.NewBatch()
+	defer b.Close()
+	n := 0
+	for it.First(); it.Valid(); it.Next() {
+		v, err := crdt.DecodeVersion(it.Value())
+		if err != nil {
+			return 0, fmt.Errorf("%w: history %q: %v", ErrCorrupt, it.Key(), err)
+		}
+		if v.TS < horizon {
+			b.Delete(append([]byte(nil), it.Key()...), nil)
+			n++
+		}
+	}
+	if err := it.Error(); err != nil {
+		return 0, err
+	}
+	if n == 0 {
+		return 0, nil
+	}
+	return n, b.Commit(pebble.Sync)
+}
