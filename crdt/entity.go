@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strings"
 	"unicode/utf8"
 )
 
@@ -126,7 +127,7 @@ func (e *Entity) PreparePut(rec *Record, fields map[string]Value, ec EditContext
 		}
 		f, ok := e.Field(n)
 		if !ok {
-			return nil, invalid("entity %q has no field %q", e.Name, n)
+			return nil, invalid("entity %q has no field %q (fields: %s)", e.Name, n, e.fieldList())
 		}
 		v := fields[n]
 		if err := CheckValue(f, v); err != nil {
@@ -212,6 +213,14 @@ func (e *Entity) PrepareResolve(rec *Record, field string, value *Value, ec Edit
 		}
 	}
 	return []Write{{Register: regName, Value: v, Ctx: reg.Context()}}, nil
+}
+
+func (e *Entity) fieldList() string {
+	names := make([]string, len(e.Fields))
+	for i := range e.Fields {
+		names[i] = e.Fields[i].Name
+	}
+	return strings.Join(names, ", ")
 }
 
 func contextFor(rec *Record, register string, ec EditContext) VV {

@@ -515,6 +515,7 @@ type FieldState struct {
 	// conflicted is true when more than one version is live.
 	Conflicted bool `protobuf:"varint,3,opt,name=conflicted,proto3" json:"conflicted,omitempty"`
 	// live lists the live (undominated) versions; more than one means conflict.
+	// live[0] is the version whose value was picked; the rest follow by dot.
 	Live []*Version `protobuf:"bytes,4,rep,name=live,proto3" json:"live,omitempty"`
 	// siblings lists the values of all live versions when the policy is mvr
 	// (multi-value register); empty for other policies.
@@ -595,7 +596,8 @@ type Record struct {
 	Entity string `protobuf:"bytes,1,opt,name=entity,proto3" json:"entity,omitempty"`
 	// id is the record's id within the entity.
 	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
-	// fields holds the state of every field, ordered by name.
+	// fields holds the state of every declared field, in the entity's
+	// declaration order (fields never written have no live versions).
 	Fields []*FieldState `protobuf:"bytes,3,rep,name=fields,proto3" json:"fields,omitempty"`
 	// deleted is true when the record has been deleted (a tombstone).
 	Deleted bool `protobuf:"varint,4,opt,name=deleted,proto3" json:"deleted,omitempty"`

@@ -1,0 +1,243 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+
+	"github.com/lattice-sync/lattice/api/server"
+	"github.com/lattice-sync/lattice/crdt"
+	"github.com/lattice-sync/lattice/storage"
+)
+
+//go:embed quickstart.yaml
+var quickstartYAML []byte
+
+type agentFlags struct {
+	nodeID    string
+	dataDir   string
+	grpcAddr  string
+	httpAddr  string
+	config    string
+	logLevel  string
+	maxOffset time.Duration
+	prune     time.Duration
+}
+
+func newAgentCmd() *cobra.Command {
+	f := &agentFlags{}
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "run a lattice node",
+		Long: `Runs a lattice node: the Pebble store, the gRPC API (with reflection and the
+standard health service) and an HTTP endpoint with /metrics, /healthz and /readyz.
+SIGINT or SIGTERM stop it gracefully: requests in flight finish, nothing
+acknowledged is lost.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runAgent(cmd.Context(), f, cmd.ErrOrStderr())
+		},
+	}
+	fl := cmd.Flags()
+	fl.StringVar(&f.nodeID, "node-id", "n1", "this node's id (letters, digits, '-', '_', '.'); fixed for the life of its data directory")
+	fl.StringVar(&f.dataDir, "data-dir", "", "data directory (default ./data/<node-id>)")
+	fl.StringVar(&f.grpcAddr, "grpc-addr", "127.0.0.1:7101", "gRPC listen address")
+	fl.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:7201", "HTTP listen address for /metrics, /healthz and /readyz (empty disables)")
+	fl.StringVar(&f.config, "config", "", "entity configuration (YAML); default: the built-in quickstart (entity contact)")
+	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	fl.DurationVar(&f.maxOffset, "max-offset", crdt.DefaultMaxOffset, "largest clock skew accepted from peers and sources")
+	fl.DurationVar(&f.prune, "prune-interval", 10*time.Minute, "how often superseded versions past their entity's retention are pruned")
+	return cmd
+}
+
+func loadSchema(path string) (*crdt.Schema, string, error) {
+	if path == "" {
+		s, err := crdt.ParseSchema("quickstart.yaml (built in)", quickstartYAML)
+		return s, "built-in quickstart", err
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, "", fmt.Errorf("read config: %w", err)
+	}
+	s, err := crdt.ParseSchema(path, data)
+	return s, path, err
+}
+
+func newLogger(w interface{ Write([]byte) (int, error) }, level string) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte) (int, error) }) error {
+	// Logger first: every later step reports through it.
+	log, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return err
+	}
+	log = log.With("node", f.nodeID)
+
+	// Entity configuration: refuse to start on a bad file, naming file, line and field.
+	schema, source, err := loadSchema(f.config)
+	if err != nil {
+		return err
+	}
+	log.Info("configuration loaded", "source", source, "entities", len(schema.Entities))
+
+	// Metrics registry, shared by the store observer and /metrics.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	m := newMetrics(reg)
+
+	// Store: Pebble, the committer, the HLC restored above its persisted ceiling.
+	dir := f.dataDir
+	if dir == "" {
+		dir = filepath.Join("data", f.nodeID)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create data directory: %w", err)
+	}
+	scfg := storage.DefaultConfig(dir, f.nodeID)
+	scfg.MaxOffset = f.maxOffset
+	scfg.Logger = log
+	scfg.Metrics = m
+	store, err := storage.Open(scfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// Last step of shutdown: the committer finishes its batch, then Pebble closes.
+		if err := store.Close(); err != nil {
+			log.Error("close store", "err", err)
+		}
+		log.Info("stopped")
+	}()
+	m.watchStore(reg, store)
+	log.Info("store opened", "dir", dir, "applied", store.Applied().String())
+
+	// Records API, health and reflection on one gRPC server.
+	records, err := server.New(server.Config{Store: store, Schema: schema, Logger: log})
+	if err != nil {
+		return err
+	}
+	lis, err := net.Listen("tcp", f.grpcAddr)
+	if err != nil {
+		return fmt.Errorf("listen on --grpc-addr %s: %w (is another lattice running? pick another port)", f.grpcAddr, err)
+	}
+	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(m.unaryInterceptor))
+	records.Register(gs)
+	hs := health.NewServer()
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus("lattice.v1.Records", healthpb.HealthCheckResponse_SERVING)
+	grpcDone := make(chan error, 1)
+	go func() { grpcDone <- gs.Serve(lis) }()
+	log.Info("gRPC API listening", "addr", lis.Addr().String())
+
+	// HTTP: metrics and probes.
+	var hsrv *http.Server
+	httpDone := make(chan error, 1)
+	if f.httpAddr != "" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
+		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
+			if ctx.Err() != nil {
+				http.Error(w, "shutting down", http.StatusServiceUnavailable)
+				return
+			}
+			fmt.Fprintln(w, "ready")
+		})
+		hl, err := net.Listen("tcp", f.httpAddr)
+		if err != nil {
+			gs.Stop()
+			return fmt.Errorf("listen on --http-addr %s: %w (pick another port, or pass --http-addr '' to disable)", f.httpAddr, err)
+		}
+		hsrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+		go func() { httpDone <- hsrv.Serve(hl) }()
+		log.Info("HTTP listening", "addr", hl.Addr().String(), "paths", "/metrics /healthz /readyz")
+	}
+
+	// Retention: prune superseded versions past each entity's retention.
+	pruneDone := make(chan struct{})
+	pruneCtx, stopPrune := context.WithCancel(ctx)
+	go func() {
+		defer close(pruneDone)
+		pruneLoop(pruneCtx, store, schema, f.prune, log)
+	}()
+
+	// Run until a signal or a server failure.
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+	case err := <-grpcDone:
+		log.Error("gRPC server stopped", "err", err)
+	case err := <-httpDone:
+		log.Error("HTTP server stopped", "err", err)
+	}
+
+	// Stop in reverse order: stop advertising, drain gRPC, stop HTTP and pruning.
+	hs.Shutdown()
+	stopped := make(chan struct{})
+	go func() { gs.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(10 * time.Second):
+		log.Warn("gRPC drain timed out; closing remaining streams")
+		gs.Stop()
+	}
+	if hsrv != nil {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_ = hsrv.Shutdown(sctx)
+		cancel()
+	}
+	stopPrune()
+	<-pruneDone
+	return nil
+}
+
+func pruneLoop(ctx context.Context, store *storage.Store, schema *crdt.Schema, every time.Duration, log *slog.Logger) {
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		now := store.Clock().Now()
+		for _, e := range schema.Entities {
+			if e.Retention <= 0 {
+				continue
+			}
+			horizon := crdt.MakeTimestamp(now.Millis()-e.Retention.Milliseconds(), 0)
+			n, err := store.Prune(e.Name, horizon)
+			if err != nil && !errors.Is(err, storage.ErrClosed) {
+				log.Error("prune history", "entity", e.Name, "err", err)
+			} else if n > 0 {
+				log.Info("pruned history", "entity", e.Name, "versions", n)
+			}
+		}
+	}
+}

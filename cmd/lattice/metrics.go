@@ -1,0 +1,69 @@
+package main
+
+import (
+	"context"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/lattice-sync/lattice/storage"
+)
+
+// metrics is the agent's Prometheus instrumentation. Names follow
+// lattice_<subsystem>_<name>_<unit>.
+type metrics struct {
+	edits     prometheus.Counter
+	conflicts prometheus.Counter
+	batches   prometheus.Histogram
+	batchSize prometheus.Histogram
+	requests  *prometheus.CounterVec
+	latency   *prometheus.HistogramVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		edits: prometheus.NewCounter(prometheus.CounterOpts{Name: "lattice_store_edits_total",
+			Help: "Edits applied to this node's store (local and replicated)."}),
+		conflicts: prometheus.NewCounter(prometheus.CounterOpts{Name: "lattice_store_conflicts_total",
+			Help: "Registers left with more than one live version by an applied edit."}),
+		batches: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "lattice_store_apply_seconds",
+			Help:    "Time to stage and durably commit one batch of edits (group commit).",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}),
+		batchSize: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "lattice_store_batch_edits",
+			Help: "Edits committed per synced batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 11)}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lattice_api_requests_total",
+			Help: "gRPC requests by method and status code."}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lattice_api_request_seconds",
+			Help: "gRPC unary request latency by method.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"method"}),
+	}
+	reg.MustRegister(m.edits, m.conflicts, m.batches, m.batchSize, m.requests, m.latency)
+	return m
+}
+
+// Committed implements storage.Observer.
+func (m *metrics) Committed(edits, conflicts int, took time.Duration) {
+	m.edits.Add(float64(edits))
+	m.conflicts.Add(float64(conflicts))
+	m.batches.Observe(took.Seconds())
+	m.batchSize.Observe(float64(edits))
+}
+
+func (m *metrics) watchStore(reg prometheus.Registerer, s *storage.Store) {
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lattice_store_size_bytes",
+		Help: "Disk space used by this node's Pebble store."}, func() float64 { return float64(s.DiskUsage()) }))
+	reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "lattice_hlc_physical_offset_seconds",
+		Help: "How far this node's HLC runs ahead of its physical clock."}, func() float64 {
+		last := s.Clock().Last()
+		return float64(last.Millis()-time.Now().UnixMilli()) / 1000
+	}))
+}
+
+func (m *metrics) unaryInterceptor(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := h(ctx, req)
+	m.latency.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
+	m.requests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+	return resp, err
+}
