@@ -24,7 +24,9 @@ type Result struct {
 	// applied, Duplicate is true and Edit is the one submitted).
 	Edit      *crdt.Edit
 	Duplicate bool
-	// Record is the record state right after the edit.
+	// Record is the record state after the batch that committed the edit
+	// (it includes later edits of the same record in that batch). Shared
+	// between the results of one batch: read only.
 	Record *crdt.Record
 }
 
@@ -62,16 +64,35 @@ func (s *Store) ApplyRemote(ctx context.Context, e *crdt.Edit) (*Result, error) 
 
 // batchState is what one committer round has staged.
 type batchState struct {
-	b       *pebble.Batch
-	records map[string]*crdt.Record // by record key
-	applied map[string]uint64       // advanced marks
-	ops     []*op
-	edits   []*crdt.Edit
+	b         *pebble.Batch
+	records   map[string]*crdt.Record // by record key
+	applied   map[string]uint64       // advanced marks
+	ops       []*op
+	edits     []*crdt.Edit
 	conflicts int
+	start     time.Time
+	err       error
 }
 
+// committer stages batches; syncer waits for their fsync and answers. The
+// two run as a pipeline: while batch k is being synced, batch k+1 is staged
+// and written, so the fsync device is kept busy and each fsync covers every
+// request that arrived during the previous one. Pebble syncs its WAL in
+// order, so batch k+1 is never durable before batch k.
 func (s *Store) committer() {
-	defer close(s.stopped)
+	synced := make(chan *batchState, 1)
+	syncerDone := make(chan struct{})
+	go func() {
+		defer close(syncerDone)
+		for st := range synced {
+			s.finish(st)
+		}
+	}()
+	defer func() {
+		close(synced)
+		<-syncerDone
+		close(s.stopped)
+	}()
 	for {
 		var first *op
 		select {
@@ -80,7 +101,7 @@ func (s *Store) committer() {
 			s.drainClosed()
 			return
 		}
-		st := &batchState{b: s.db.NewBatch(), records: map[string]*crdt.Record{}, applied: map[string]uint64{}}
+		st := &batchState{b: s.db.NewBatch(), records: map[string]*crdt.Record{}, applied: map[string]uint64{}, start: time.Now()}
 		s.stage(st, first)
 	gather:
 		for len(st.ops) < s.cfg.MaxBatch {
@@ -91,7 +112,8 @@ func (s *Store) committer() {
 				break gather
 			}
 		}
-		s.commit(st)
+		s.write(st)
+		synced <- st
 	}
 }
 
@@ -108,19 +130,16 @@ func (s *Store) drainClosed() {
 	}
 }
 
+// appliedMark is the origin's mark including batches staged but not yet synced.
 func (s *Store) appliedMark(st *batchState, origin string) uint64 {
 	if seq, ok := st.applied[origin]; ok {
 		return seq
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.mu.applied.Get(origin)
+	return s.staged.Get(origin)
 }
 
 func (s *Store) appliedVV(st *batchState) crdt.VV {
-	s.mu.Lock()
-	vv := s.mu.applied
-	s.mu.Unlock()
+	vv := s.staged
 	if len(st.applied) > 0 {
 		vv = vv.Join(crdt.MakeVV(st.applied))
 	}
@@ -217,23 +236,45 @@ func countConflicts(rec *crdt.Record, e *crdt.Edit) int {
 	return n
 }
 
-func (s *Store) commit(st *batchState) {
-	start := time.Now()
-	var err error
-	if len(st.edits) > 0 {
-		for k, rec := range st.records {
-			st.b.Set([]byte(k), crdt.AppendRecord(nil, rec), nil)
+// write hands the staged batch to Pebble without waiting for its fsync.
+// Runs on the committer goroutine.
+func (s *Store) write(st *batchState) {
+	if s.failed != nil {
+		st.err = s.failed
+		return
+	}
+	if len(st.edits) == 0 {
+		return
+	}
+	for k, rec := range st.records {
+		st.b.Set([]byte(k), crdt.AppendRecord(nil, rec), nil)
+	}
+	for origin, seq := range st.applied {
+		st.b.Set(appliedKey(origin), uvarintBytes(seq), nil)
+	}
+	if err := s.db.ApplyNoSyncWait(st.b, pebble.Sync); err != nil {
+		// A failed write leaves the store in an unknown state: refuse every
+		// later edit rather than risk a gap in the op log.
+		s.failed = fmt.Errorf("%w: write batch: %v", ErrFailed, err)
+		st.err = s.failed
+		s.log.Error("store failed: restart the node", "err", err)
+		return
+	}
+	s.staged = s.staged.Join(crdt.MakeVV(st.applied))
+}
+
+// finish waits for the batch's fsync, publishes it and answers its requests.
+// Runs on the syncer goroutine, batch by batch in order.
+func (s *Store) finish(st *batchState) {
+	err := st.err
+	if err == nil && len(st.edits) > 0 {
+		if err = st.b.SyncWait(); err != nil {
+			err = fmt.Errorf("%w: sync batch: %v", ErrFailed, err)
+			s.log.Error("store failed: restart the node", "err", err)
 		}
-		for origin, seq := range st.applied {
-			st.b.Set(appliedKey(origin), uvarintBytes(seq), nil)
-		}
-		err = st.b.Commit(pebble.Sync)
 	}
 	st.b.Close()
-	if err != nil {
-		err = fmt.Errorf("commit batch: %w", err)
-		s.log.Error("commit failed", "err", err, "edits", len(st.edits))
-	} else if len(st.edits) > 0 {
+	if err == nil && len(st.edits) > 0 {
 		s.mu.Lock()
 		s.mu.applied = s.mu.applied.Join(crdt.MakeVV(st.applied))
 		for sub := range s.mu.subs {
@@ -241,14 +282,14 @@ func (s *Store) commit(st *batchState) {
 		}
 		s.mu.Unlock()
 		if s.cfg.Metrics != nil {
-			s.cfg.Metrics.Committed(len(st.edits), st.conflicts, time.Since(start))
+			s.cfg.Metrics.Committed(len(st.edits), st.conflicts, time.Since(st.start))
 		}
 	}
 	for _, o := range st.ops {
 		if err != nil && !o.res.Duplicate {
 			o.res, o.err = nil, err
 		} else if o.res != nil && !o.res.Duplicate {
-			o.res.Record = st.records[string(recordKey(o.res.Edit.Entity, o.res.Edit.ID))].Clone()
+			o.res.Record = st.records[string(recordKey(o.res.Edit.Entity, o.res.Edit.ID))]
 		}
 		close(o.done)
 	}

@@ -101,10 +101,17 @@ func (s *Store) Versions(entity, id, register string) ([]crdt.Version, error) {
 }
 
 // ScanOpLog calls fn for each op-log entry of origin with seq > after, in
-// sequence order, until fn returns false or limit entries were read.
+// sequence order, until fn returns false or limit entries were read (limit
+// < 0: no limit). It reads only durable entries: Pebble makes a batch
+// visible before its fsync completes, and an entry that a crash could still
+// take back must never reach a peer or a watcher, or its dot could be
+// reissued for another edit.
 func (s *Store) ScanOpLog(origin string, after uint64, limit int, fn func(*crdt.Edit) bool) error {
-	prefix := opLogPrefix(origin)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: opLogKey(origin, after+1), UpperBound: prefixEnd(prefix)})
+	durable := s.Applied().Get(origin)
+	if durable <= after {
+		return nil
+	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: opLogKey(origin, after+1), UpperBound: opLogKey(origin, durable+1)})
 	if err != nil {
 		return err
 	}

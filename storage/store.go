@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/bloom"
 	"github.com/cockroachdb/pebble/v2/vfs"
 
 	"github.com/lattice-sync/lattice/crdt"
@@ -26,6 +27,8 @@ var (
 	ErrNodeMismatch = errors.New("data directory belongs to another node")
 	// ErrGap is returned when a remote edit skips sequence numbers of its origin.
 	ErrGap = errors.New("edit out of sequence")
+	// ErrFailed is returned after a write to Pebble failed: the node must restart.
+	ErrFailed = errors.New("store failed")
 )
 
 // Config configures a Store.
@@ -93,6 +96,11 @@ type Store struct {
 	stop    chan struct{}
 	stopped chan struct{}
 
+	// Owned by the committer goroutine: the applied vector including batches
+	// written but not yet synced, and the error that stopped the store.
+	staged crdt.VV
+	failed error
+
 	// mu guards applied, the durable per-origin high-water marks, and subs.
 	mu struct {
 		sync.Mutex
@@ -117,6 +125,11 @@ func Open(cfg Config) (*Store, error) {
 		return nil, err
 	}
 	opts := &pebble.Options{Logger: pebbleLogger{cfg.Logger}}
+	// Bloom filters: a put of a new record looks up a key that does not exist.
+	for i := range opts.Levels {
+		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	opts.EnsureDefaults()
 	if cfg.FS != nil {
 		opts.FS = cfg.FS
 	}
@@ -158,6 +171,7 @@ func (s *Store) load() error {
 		return err
 	}
 	s.mu.applied = applied
+	s.staged = applied
 	var floor crdt.Timestamp
 	if v, closer, err := s.db.Get(keyCeiling); err == nil {
 		x, derr := decodeUvarint(v)
