@@ -2,8 +2,10 @@ package crdt
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"math"
+	"runtime"
 	"slices"
 	"sort"
 	"testing"
@@ -349,4 +351,46 @@ func sampleRecord(n int) *Record {
 		rec.Context = rec.Context.Join(VV{{"node-1", uint64(10 + i)}, {"node-2", uint64(5 + i)}})
 	}
 	return rec
+}
+
+// TestDecodeAllocationBounded checks the decoders' documented guarantee
+// (encoding.go): arbitrary bytes never cause an allocation larger than the
+// input. Each input declares a large element count that the rest of the
+// input can hold (so the count check passes) and is corrupt right after.
+func TestDecodeAllocationBounded(t *testing.T) {
+	const size = 1 << 20
+	filler := func(b []byte, c byte) []byte { return append(b, bytes.Repeat([]byte{c}, size)...) }
+	tests := []struct {
+		name string
+		dec  func([]byte) error
+		in   []byte
+	}{
+		// tuple of 1M members, the first of unknown kind 0xff
+		{"value tuple", decValue, filler(binary.AppendUvarint([]byte{byte(KindTuple)}, size), 0xff)},
+		// version vector of 512K entries, the first with a truncated node
+		{"vv", decVV, filler(binary.AppendUvarint(nil, size/2), 0xff)},
+		// record with 512K registers: two empty registers named "" are unsorted
+		{"record registers", decRecord, filler(binary.AppendUvarint([]byte{formatV1, 0}, size/2), 0)},
+		// record with one register of 170K versions, the first of unknown kind
+		{"record versions", decRecord, filler(binary.AppendUvarint([]byte{formatV1, 0, 1, 0}, size/6), 0xff)},
+		// edit with 340K writes, the first with a truncated register name
+		{"edit writes", decEdit, filler(binary.AppendUvarint([]byte{formatV1, 0, 0, 1, 'a', 1, 0, 0}, size/3), 0xff)},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var before, after runtime.MemStats
+			runtime.GC()
+			runtime.ReadMemStats(&before)
+			err := tt.dec(tt.in)
+			runtime.ReadMemStats(&after)
+			if !errors.Is(err, ErrCorrupt) {
+				t.Fatalf("decode: %v, want ErrCorrupt", err)
+			}
+			alloc := after.TotalAlloc - before.TotalAlloc
+			if alloc > uint64(len(tt.in))+64<<10 {
+				t.Errorf("decoding %d corrupt bytes allocated %d bytes (%.0fx the input); encoding.go promises never an allocation larger than the input",
+					len(tt.in), alloc, float64(alloc)/float64(len(tt.in)))
+			}
+		})
+	}
 }

@@ -15,7 +15,7 @@ import (
 // PrepareFunc computes the writes of a local edit from the record's current
 // state (empty for a new record) and the node's applied vector. It runs on
 // the committer goroutine, so it sees every edit committed before it; it must
-// not keep rec. An error refuses the edit and nothing is written.
+// neither modify nor keep rec. An error refuses the edit and nothing is written.
 type PrepareFunc func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error)
 
 // Result is the outcome of an accepted edit.
@@ -31,6 +31,13 @@ type Result struct {
 }
 
 type op struct {
+	// barrier: flush the pipeline, then run fn on the committer (nothing else runs meanwhile)
+	barrier func()
+	// merge: a record state from a snapshot
+	merge *mergeOp
+	// advance: raise applied and truncated marks (end of a snapshot install)
+	advance crdt.VV
+
 	// local edit
 	entity, id, origin string
 	prepare            PrepareFunc
@@ -72,6 +79,12 @@ type batchState struct {
 	conflicts int
 	start     time.Time
 	err       error
+	// barrier, when set, is closed by the syncer once every earlier batch is synced.
+	barrier chan struct{}
+	// truncated marks raised in this batch.
+	truncated map[string]uint64
+	// advanced or merged: the batch writes state even without edits.
+	advanced bool
 }
 
 // committer stages batches; syncer waits for their fsync and answers. The
@@ -101,20 +114,43 @@ func (s *Store) committer() {
 			s.drainClosed()
 			return
 		}
-		st := &batchState{b: s.db.NewBatch(), records: map[string]*crdt.Record{}, applied: map[string]uint64{}, start: time.Now()}
-		s.stage(st, first)
-	gather:
-		for len(st.ops) < s.cfg.MaxBatch {
-			select {
-			case o := <-s.reqs:
-				s.stage(st, o)
-			default:
-				break gather
+		var barrier *op
+		if first.barrier != nil {
+			barrier = first
+		} else {
+			st := s.newBatch()
+			s.stage(st, first)
+		gather:
+			for len(st.ops) < s.cfg.MaxBatch {
+				select {
+				case o := <-s.reqs:
+					if o.barrier != nil {
+						barrier = o
+						break gather
+					}
+					s.stage(st, o)
+				default:
+					break gather
+				}
 			}
+			s.write(st)
+			synced <- st
 		}
-		s.write(st)
-		synced <- st
+		if barrier != nil {
+			// Wait until every batch before the barrier is synced, then run it
+			// with the pipeline empty: durable state == visible state.
+			flushed := &batchState{barrier: make(chan struct{})}
+			synced <- flushed
+			<-flushed.barrier
+			barrier.barrier()
+			close(barrier.done)
+		}
 	}
+}
+
+func (s *Store) newBatch() *batchState {
+	return &batchState{b: s.db.NewBatch(), records: map[string]*crdt.Record{}, applied: map[string]uint64{},
+		truncated: map[string]uint64{}, start: time.Now()}
 }
 
 // drainClosed fails requests still queued at Close.
@@ -161,6 +197,24 @@ func (s *Store) loadStaged(st *batchState, entity, id string) (*crdt.Record, str
 
 // stage applies one op to the batch, or fails it without touching the batch.
 func (s *Store) stage(st *batchState, o *op) {
+	switch {
+	case o.merge != nil:
+		s.stageMerge(st, o)
+		return
+	case o.advance != nil:
+		for _, en := range o.advance {
+			if en.Seq > s.appliedMark(st, en.Node) {
+				st.applied[en.Node] = en.Seq
+			}
+			if en.Seq > st.truncated[en.Node] {
+				st.truncated[en.Node] = en.Seq
+			}
+		}
+		o.res = &Result{}
+		st.ops = append(st.ops, o)
+		st.advanced = true
+		return
+	}
 	var e *crdt.Edit
 	if o.remote != nil {
 		e = o.remote
@@ -181,6 +235,15 @@ func (s *Store) stage(st *batchState, o *op) {
 			return
 		}
 	}
+	if e != nil && len(e.Writes) == 0 {
+		// A burned sequence number: advance the mark, keep the entry.
+		st.applied[e.Dot.Node] = e.Dot.Seq
+		st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), crdt.AppendEdit(nil, e), nil)
+		o.res = &Result{Edit: e}
+		st.ops = append(st.ops, o)
+		st.edits = append(st.edits, e)
+		return
+	}
 	entity, id := o.entity, o.id
 	if e != nil {
 		entity, id = e.Entity, e.ID
@@ -200,6 +263,11 @@ func (s *Store) stage(st *batchState, o *op) {
 			return
 		}
 		seq := s.appliedMark(st, s.cfg.NodeID) + 1
+		if err := s.reserveSeq(seq); err != nil {
+			o.err = err
+			close(o.done)
+			return
+		}
 		e = &crdt.Edit{Entity: entity, ID: id, Origin: o.origin, Writes: writes,
 			Dot: crdt.Dot{Node: s.cfg.NodeID, Seq: seq}, TS: s.clock.Now()}
 	}
@@ -243,7 +311,7 @@ func (s *Store) write(st *batchState) {
 		st.err = s.failed
 		return
 	}
-	if len(st.edits) == 0 {
+	if !st.dirty() {
 		return
 	}
 	for k, rec := range st.records {
@@ -251,6 +319,9 @@ func (s *Store) write(st *batchState) {
 	}
 	for origin, seq := range st.applied {
 		st.b.Set(appliedKey(origin), uvarintBytes(seq), nil)
+	}
+	for origin, seq := range st.truncated {
+		st.b.Set(truncatedKey(origin), uvarintBytes(seq), nil)
 	}
 	if err := s.db.ApplyNoSyncWait(st.b, pebble.Sync); err != nil {
 		// A failed write leaves the store in an unknown state: refuse every
@@ -266,33 +337,40 @@ func (s *Store) write(st *batchState) {
 // finish waits for the batch's fsync, publishes it and answers its requests.
 // Runs on the syncer goroutine, batch by batch in order.
 func (s *Store) finish(st *batchState) {
+	if st.barrier != nil {
+		close(st.barrier)
+		return
+	}
 	err := st.err
-	if err == nil && len(st.edits) > 0 {
+	if err == nil && st.dirty() {
 		if err = st.b.SyncWait(); err != nil {
 			err = fmt.Errorf("%w: sync batch: %v", ErrFailed, err)
 			s.log.Error("store failed: restart the node", "err", err)
 		}
 	}
 	st.b.Close()
-	if err == nil && len(st.edits) > 0 {
+	if err == nil && st.dirty() {
 		s.mu.Lock()
 		s.mu.applied = s.mu.applied.Join(crdt.MakeVV(st.applied))
+		s.mu.truncated = s.mu.truncated.Join(crdt.MakeVV(st.truncated))
 		for sub := range s.mu.subs {
 			sub.offer(st.edits)
 		}
 		s.mu.Unlock()
-		if s.cfg.Metrics != nil {
+		if s.cfg.Metrics != nil && len(st.edits) > 0 {
 			s.cfg.Metrics.Committed(len(st.edits), st.conflicts, time.Since(st.start))
 		}
 	}
 	for _, o := range st.ops {
 		if err != nil && !o.res.Duplicate {
 			o.res, o.err = nil, err
-		} else if o.res != nil && !o.res.Duplicate {
+		} else if o.res != nil && o.res.Edit != nil && !o.res.Duplicate && o.res.Edit.Entity != "" {
 			o.res.Record = st.records[string(recordKey(o.res.Edit.Entity, o.res.Edit.ID))]
 		}
 		close(o.done)
 	}
 }
+
+func (st *batchState) dirty() bool { return len(st.edits) > 0 || st.advanced }
 
 func putUvarint(b []byte, x uint64) int { return binary.PutUvarint(b, x) }

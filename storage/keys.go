@@ -20,6 +20,7 @@ const (
 var (
 	keyNodeID  = []byte{prefixMeta, 'n', 'o', 'd', 'e'}
 	keyCeiling = []byte{prefixMeta, 'h', 'l', 'c'}
+	keySeqCeil = []byte{prefixMeta, 's', 'e', 'q'}
 )
 
 // appendEscaped appends s in an order-preserving, self-delimiting form:

@@ -107,7 +107,12 @@ func (s *Store) Versions(entity, id, register string) ([]crdt.Version, error) {
 // take back must never reach a peer or a watcher, or its dot could be
 // reissued for another edit.
 func (s *Store) ScanOpLog(origin string, after uint64, limit int, fn func(*crdt.Edit) bool) error {
-	durable := s.Applied().Get(origin)
+	s.mu.Lock()
+	durable, truncated := s.mu.applied.Get(origin), s.mu.truncated.Get(origin)
+	s.mu.Unlock()
+	if after < truncated {
+		return fmt.Errorf("%w: %s entries up to %d are gone, asked from %d", ErrTruncated, origin, truncated, after+1)
+	}
 	if durable <= after {
 		return nil
 	}

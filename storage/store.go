@@ -98,15 +98,17 @@ type Store struct {
 
 	// Owned by the committer goroutine: the applied vector including batches
 	// written but not yet synced, and the error that stopped the store.
-	staged crdt.VV
-	failed error
+	staged  crdt.VV
+	failed  error
+	seqCeil uint64 // persisted: no local seq above it was ever issued
 
 	// mu guards applied, the durable per-origin high-water marks, and subs.
 	mu struct {
 		sync.Mutex
-		applied crdt.VV
-		closed  bool
-		subs    map[*Subscription]struct{}
+		applied   crdt.VV
+		truncated crdt.VV
+		closed    bool
+		subs      map[*Subscription]struct{}
 	}
 }
 
@@ -172,6 +174,12 @@ func (s *Store) load() error {
 	}
 	s.mu.applied = applied
 	s.staged = applied
+	if s.mu.truncated, err = s.scanTruncated(); err != nil {
+		return err
+	}
+	if err := s.burnSequence(); err != nil {
+		return err
+	}
 	var floor crdt.Timestamp
 	if v, closer, err := s.db.Get(keyCeiling); err == nil {
 		x, derr := decodeUvarint(v)
@@ -244,10 +252,19 @@ func (s *Store) Close() error {
 	s.mu.closed = true
 	for sub := range s.mu.subs {
 		sub.closeLocked()
+		delete(s.mu.subs, sub)
 	}
 	s.mu.Unlock()
 	close(s.stop)
 	<-s.stopped
+	// Clean shutdown: everything issued is durable, so the next open needs
+	// no burned sequence numbers.
+	if s.failed == nil {
+		if err := s.db.Set(keySeqCeil, uvarintBytes(s.staged.Get(s.cfg.NodeID)), pebble.Sync); err != nil {
+			s.db.Close()
+			return fmt.Errorf("persist sequence ceiling: %w", err)
+		}
+	}
 	return s.db.Close()
 }
 

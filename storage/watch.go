@@ -61,6 +61,12 @@ func (sub *Subscription) closeLocked() {
 
 // offer hands edits to the subscriber without blocking. Called with store.mu held.
 func (sub *Subscription) offer(edits []*crdt.Edit) {
+	sub.mu.Lock()
+	closed := sub.closed
+	sub.mu.Unlock()
+	if closed {
+		return
+	}
 	for _, e := range edits {
 		select {
 		case sub.ch <- e:

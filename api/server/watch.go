@@ -92,6 +92,9 @@ func (r *Records) Watch(req *pb.WatchRequest, stream grpc.ServerStreamingServer[
 // send emits the record of ed (if it passes the filter) and returns the advanced position.
 func (r *Records) send(stream grpc.ServerStreamingServer[pb.WatchEvent], filter *crdt.Entity, ed *crdt.Edit, pos crdt.VV) (crdt.VV, error) {
 	pos = pos.WithDot(ed.Dot)
+	if len(ed.Writes) == 0 {
+		return pos, nil // a burned sequence number
+	}
 	ent := filter
 	if ent == nil {
 		e, ok := r.schema.Load().Entity(ed.Entity)

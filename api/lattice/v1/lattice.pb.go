@@ -1644,6 +1644,273 @@ func (x *WatchEvent) GetCursor() string {
 	return ""
 }
 
+// ApplyConfigRequest carries a YAML entity configuration.
+type ApplyConfigRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// yaml is the configuration file's text.
+	Yaml string `protobuf:"bytes,1,opt,name=yaml,proto3" json:"yaml,omitempty"`
+	// filename names the file in error messages.
+	Filename      string `protobuf:"bytes,2,opt,name=filename,proto3" json:"filename,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyConfigRequest) Reset() {
+	*x = ApplyConfigRequest{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyConfigRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyConfigRequest) ProtoMessage() {}
+
+func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyConfigRequest.ProtoReflect.Descriptor instead.
+func (*ApplyConfigRequest) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ApplyConfigRequest) GetYaml() string {
+	if x != nil {
+		return x.Yaml
+	}
+	return ""
+}
+
+func (x *ApplyConfigRequest) GetFilename() string {
+	if x != nil {
+		return x.Filename
+	}
+	return ""
+}
+
+// ApplyConfigResponse reports the committed configuration.
+type ApplyConfigResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// index is the Raft log index of the change.
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// entities lists the configured entity names.
+	Entities      []string `protobuf:"bytes,2,rep,name=entities,proto3" json:"entities,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ApplyConfigResponse) Reset() {
+	*x = ApplyConfigResponse{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ApplyConfigResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ApplyConfigResponse) ProtoMessage() {}
+
+func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ApplyConfigResponse.ProtoReflect.Descriptor instead.
+func (*ApplyConfigResponse) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *ApplyConfigResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ApplyConfigResponse) GetEntities() []string {
+	if x != nil {
+		return x.Entities
+	}
+	return nil
+}
+
+// RemoveMemberRequest names the node to remove.
+type RemoveMemberRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is the id of the node to remove.
+	Node          string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberRequest) Reset() {
+	*x = RemoveMemberRequest{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberRequest) ProtoMessage() {}
+
+func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
+func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *RemoveMemberRequest) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+// RemoveMemberResponse is empty.
+type RemoveMemberResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RemoveMemberResponse) Reset() {
+	*x = RemoveMemberResponse{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RemoveMemberResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RemoveMemberResponse) ProtoMessage() {}
+
+func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
+func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{23}
+}
+
+// LeaveRequest has no parameters.
+type LeaveRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveRequest) Reset() {
+	*x = LeaveRequest{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveRequest) ProtoMessage() {}
+
+func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
+func (*LeaveRequest) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{24}
+}
+
+// LeaveResponse is empty.
+type LeaveResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LeaveResponse) Reset() {
+	*x = LeaveResponse{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LeaveResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LeaveResponse) ProtoMessage() {}
+
+func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
+func (*LeaveResponse) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{25}
+}
+
 // StatusRequest has no parameters.
 type StatusRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1653,7 +1920,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1665,7 +1932,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1678,7 +1945,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{20}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{26}
 }
 
 // StatusResponse is this node's state.
@@ -1700,7 +1967,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1712,7 +1979,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1725,7 +1992,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{21}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -1772,7 +2039,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +2051,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +2064,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{22}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
 }
 
 // MembersResponse lists cluster members.
@@ -1811,7 +2078,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1823,7 +2090,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1836,7 +2103,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{23}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -1862,14 +2129,23 @@ type Member struct {
 	// lag_entries is how many log entries the member is behind this node.
 	LagEntries uint64 `protobuf:"varint,5,opt,name=lag_entries,json=lagEntries,proto3" json:"lag_entries,omitempty"`
 	// lag_seconds is how far the member is behind this node, in seconds.
-	LagSeconds    float64 `protobuf:"fixed64,6,opt,name=lag_seconds,json=lagSeconds,proto3" json:"lag_seconds,omitempty"`
+	LagSeconds float64 `protobuf:"fixed64,6,opt,name=lag_seconds,json=lagSeconds,proto3" json:"lag_seconds,omitempty"`
+	// gossip_addr is the member's gossip (memberlist) address.
+	GossipAddr string `protobuf:"bytes,7,opt,name=gossip_addr,json=gossipAddr,proto3" json:"gossip_addr,omitempty"`
+	// raft_addr is the member's Raft address.
+	RaftAddr string `protobuf:"bytes,8,opt,name=raft_addr,json=raftAddr,proto3" json:"raft_addr,omitempty"`
+	// clock_refusals counts edits from this member refused because its clock
+	// ran beyond max-offset ahead of ours.
+	ClockRefusals uint64 `protobuf:"varint,9,opt,name=clock_refusals,json=clockRefusals,proto3" json:"clock_refusals,omitempty"`
+	// applied is the member's applied vector as last reported to this node.
+	Applied       *VersionVector `protobuf:"bytes,10,opt,name=applied,proto3" json:"applied,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +2157,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +2170,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{24}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *Member) GetId() string {
@@ -1937,6 +2213,34 @@ func (x *Member) GetLagSeconds() float64 {
 		return x.LagSeconds
 	}
 	return 0
+}
+
+func (x *Member) GetGossipAddr() string {
+	if x != nil {
+		return x.GossipAddr
+	}
+	return ""
+}
+
+func (x *Member) GetRaftAddr() string {
+	if x != nil {
+		return x.RaftAddr
+	}
+	return ""
+}
+
+func (x *Member) GetClockRefusals() uint64 {
+	if x != nil {
+		return x.ClockRefusals
+	}
+	return 0
+}
+
+func (x *Member) GetApplied() *VersionVector {
+	if x != nil {
+		return x.Applied
+	}
+	return nil
 }
 
 var File_lattice_v1_lattice_proto protoreflect.FileDescriptor
@@ -2061,7 +2365,18 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\n" +
 	"WatchEvent\x12*\n" +
 	"\x06record\x18\x01 \x01(\v2\x12.lattice.v1.RecordR\x06record\x12\x16\n" +
-	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"\x0f\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"D\n" +
+	"\x12ApplyConfigRequest\x12\x12\n" +
+	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x1a\n" +
+	"\bfilename\x18\x02 \x01(\tR\bfilename\"G\n" +
+	"\x13ApplyConfigResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x1a\n" +
+	"\bentities\x18\x02 \x03(\tR\bentities\")\n" +
+	"\x13RemoveMemberRequest\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\"\x16\n" +
+	"\x14RemoveMemberResponse\"\x0e\n" +
+	"\fLeaveRequest\"\x0f\n" +
+	"\rLeaveResponse\"\x0f\n" +
 	"\rStatusRequest\"\xa4\x01\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
@@ -2071,7 +2386,7 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x03hlc\x18\x05 \x01(\x04R\x03hlc\"\x10\n" +
 	"\x0eMembersRequest\"?\n" +
 	"\x0fMembersResponse\x12,\n" +
-	"\amembers\x18\x01 \x03(\v2\x12.lattice.v1.MemberR\amembers\"\xaa\x01\n" +
+	"\amembers\x18\x01 \x03(\v2\x12.lattice.v1.MemberR\amembers\"\xc4\x02\n" +
 	"\x06Member\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
 	"\tgrpc_addr\x18\x02 \x01(\tR\bgrpcAddr\x12\x14\n" +
@@ -2080,7 +2395,13 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\vlag_entries\x18\x05 \x01(\x04R\n" +
 	"lagEntries\x12\x1f\n" +
 	"\vlag_seconds\x18\x06 \x01(\x01R\n" +
-	"lagSeconds*`\n" +
+	"lagSeconds\x12\x1f\n" +
+	"\vgossip_addr\x18\a \x01(\tR\n" +
+	"gossipAddr\x12\x1b\n" +
+	"\traft_addr\x18\b \x01(\tR\braftAddr\x12%\n" +
+	"\x0eclock_refusals\x18\t \x01(\x04R\rclockRefusals\x123\n" +
+	"\aapplied\x18\n" +
+	" \x01(\v2\x19.lattice.v1.VersionVectorR\aapplied*`\n" +
 	"\x04Fate\x12\x14\n" +
 	"\x10FATE_UNSPECIFIED\x10\x00\x12\f\n" +
 	"\bFATE_WON\x10\x01\x12\x13\n" +
@@ -2095,10 +2416,13 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x06Delete\x12\x19.lattice.v1.DeleteRequest\x1a\x17.lattice.v1.PutResponse\x12>\n" +
 	"\aResolve\x12\x1a.lattice.v1.ResolveRequest\x1a\x17.lattice.v1.PutResponse\x12B\n" +
 	"\aHistory\x12\x1a.lattice.v1.HistoryRequest\x1a\x1b.lattice.v1.HistoryResponse\x12;\n" +
-	"\x05Watch\x12\x18.lattice.v1.WatchRequest\x1a\x16.lattice.v1.WatchEvent0\x012\x8e\x01\n" +
+	"\x05Watch\x12\x18.lattice.v1.WatchRequest\x1a\x16.lattice.v1.WatchEvent0\x012\xef\x02\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.lattice.v1.StatusRequest\x1a\x1a.lattice.v1.StatusResponse\x12B\n" +
-	"\aMembers\x12\x1a.lattice.v1.MembersRequest\x1a\x1b.lattice.v1.MembersResponseB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
+	"\aMembers\x12\x1a.lattice.v1.MembersRequest\x1a\x1b.lattice.v1.MembersResponse\x12N\n" +
+	"\vApplyConfig\x12\x1e.lattice.v1.ApplyConfigRequest\x1a\x1f.lattice.v1.ApplyConfigResponse\x12Q\n" +
+	"\fRemoveMember\x12\x1f.lattice.v1.RemoveMemberRequest\x1a .lattice.v1.RemoveMemberResponse\x12<\n" +
+	"\x05Leave\x12\x18.lattice.v1.LeaveRequest\x1a\x19.lattice.v1.LeaveResponseB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
 
 var (
 	file_lattice_v1_lattice_proto_rawDescOnce sync.Once
@@ -2113,7 +2437,7 @@ func file_lattice_v1_lattice_proto_rawDescGZIP() []byte {
 }
 
 var file_lattice_v1_lattice_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_lattice_v1_lattice_proto_goTypes = []any{
 	(Fate)(0),                     // 0: lattice.v1.Fate
 	(*Value)(nil),                 // 1: lattice.v1.Value
@@ -2136,22 +2460,28 @@ var file_lattice_v1_lattice_proto_goTypes = []any{
 	(*HistoryEntry)(nil),          // 18: lattice.v1.HistoryEntry
 	(*WatchRequest)(nil),          // 19: lattice.v1.WatchRequest
 	(*WatchEvent)(nil),            // 20: lattice.v1.WatchEvent
-	(*StatusRequest)(nil),         // 21: lattice.v1.StatusRequest
-	(*StatusResponse)(nil),        // 22: lattice.v1.StatusResponse
-	(*MembersRequest)(nil),        // 23: lattice.v1.MembersRequest
-	(*MembersResponse)(nil),       // 24: lattice.v1.MembersResponse
-	(*Member)(nil),                // 25: lattice.v1.Member
-	nil,                           // 26: lattice.v1.VersionVector.EntriesEntry
-	nil,                           // 27: lattice.v1.PutRequest.FieldsEntry
-	(structpb.NullValue)(0),       // 28: google.protobuf.NullValue
-	(*timestamppb.Timestamp)(nil), // 29: google.protobuf.Timestamp
+	(*ApplyConfigRequest)(nil),    // 21: lattice.v1.ApplyConfigRequest
+	(*ApplyConfigResponse)(nil),   // 22: lattice.v1.ApplyConfigResponse
+	(*RemoveMemberRequest)(nil),   // 23: lattice.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),  // 24: lattice.v1.RemoveMemberResponse
+	(*LeaveRequest)(nil),          // 25: lattice.v1.LeaveRequest
+	(*LeaveResponse)(nil),         // 26: lattice.v1.LeaveResponse
+	(*StatusRequest)(nil),         // 27: lattice.v1.StatusRequest
+	(*StatusResponse)(nil),        // 28: lattice.v1.StatusResponse
+	(*MembersRequest)(nil),        // 29: lattice.v1.MembersRequest
+	(*MembersResponse)(nil),       // 30: lattice.v1.MembersResponse
+	(*Member)(nil),                // 31: lattice.v1.Member
+	nil,                           // 32: lattice.v1.VersionVector.EntriesEntry
+	nil,                           // 33: lattice.v1.PutRequest.FieldsEntry
+	(structpb.NullValue)(0),       // 34: google.protobuf.NullValue
+	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
 }
 var file_lattice_v1_lattice_proto_depIdxs = []int32{
-	28, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
-	29, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
-	26, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
+	34, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
+	35, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
+	32, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
 	1,  // 3: lattice.v1.Version.value:type_name -> lattice.v1.Value
-	29, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
+	35, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
 	2,  // 5: lattice.v1.Version.dot:type_name -> lattice.v1.Dot
 	3,  // 6: lattice.v1.Version.context:type_name -> lattice.v1.VersionVector
 	1,  // 7: lattice.v1.FieldState.value:type_name -> lattice.v1.Value
@@ -2160,7 +2490,7 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	5,  // 10: lattice.v1.Record.fields:type_name -> lattice.v1.FieldState
 	6,  // 11: lattice.v1.BatchGetResponse.records:type_name -> lattice.v1.Record
 	6,  // 12: lattice.v1.ListResponse.records:type_name -> lattice.v1.Record
-	27, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
+	33, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
 	2,  // 14: lattice.v1.PutResponse.dot:type_name -> lattice.v1.Dot
 	6,  // 15: lattice.v1.PutResponse.record:type_name -> lattice.v1.Record
 	1,  // 16: lattice.v1.ResolveRequest.value:type_name -> lattice.v1.Value
@@ -2170,33 +2500,40 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	2,  // 20: lattice.v1.HistoryEntry.by:type_name -> lattice.v1.Dot
 	6,  // 21: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
 	3,  // 22: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
-	25, // 23: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
-	1,  // 24: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
-	7,  // 25: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
-	8,  // 26: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
-	10, // 27: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
-	12, // 28: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
-	14, // 29: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
-	15, // 30: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
-	16, // 31: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
-	19, // 32: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
-	21, // 33: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
-	23, // 34: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
-	6,  // 35: lattice.v1.Records.Get:output_type -> lattice.v1.Record
-	9,  // 36: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
-	11, // 37: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
-	13, // 38: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
-	13, // 39: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
-	13, // 40: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
-	17, // 41: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
-	20, // 42: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
-	22, // 43: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
-	24, // 44: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
-	35, // [35:45] is the sub-list for method output_type
-	25, // [25:35] is the sub-list for method input_type
-	25, // [25:25] is the sub-list for extension type_name
-	25, // [25:25] is the sub-list for extension extendee
-	0,  // [0:25] is the sub-list for field type_name
+	31, // 23: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
+	3,  // 24: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
+	1,  // 25: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
+	7,  // 26: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
+	8,  // 27: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
+	10, // 28: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
+	12, // 29: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
+	14, // 30: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
+	15, // 31: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
+	16, // 32: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
+	19, // 33: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
+	27, // 34: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
+	29, // 35: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
+	21, // 36: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
+	23, // 37: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
+	25, // 38: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
+	6,  // 39: lattice.v1.Records.Get:output_type -> lattice.v1.Record
+	9,  // 40: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
+	11, // 41: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
+	13, // 42: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
+	13, // 43: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
+	13, // 44: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
+	17, // 45: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
+	20, // 46: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
+	28, // 47: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
+	30, // 48: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
+	22, // 49: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
+	24, // 50: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
+	26, // 51: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
+	39, // [39:52] is the sub-list for method output_type
+	26, // [26:39] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_lattice_v1_lattice_proto_init() }
@@ -2221,7 +2558,7 @@ func file_lattice_v1_lattice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lattice_v1_lattice_proto_rawDesc), len(file_lattice_v1_lattice_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   27,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
