@@ -11,7 +11,9 @@ import (
 // Binary encodings. Every encoder is deterministic (equal states encode to
 // equal bytes, which is what "byte-identical state" across nodes compares),
 // and every decoder validates what it reads: arbitrary bytes give an error,
-// never a panic or an allocation larger than the input.
+// never a panic; a decoder never trusts a count before reading the bytes it
+// covers, so its allocations grow with what it actually decoded (at most a
+// small constant factor of the input), never with a count an attacker wrote.
 //
 //	value    = kind:byte payload
 //	           string/decimal/json/bytes: uvarint len, bytes
@@ -162,6 +164,10 @@ func (d *decoder) varint(what string) int64 {
 	return x
 }
 
+// prealloc bounds the capacity decoders reserve up front; larger slices grow
+// as elements are actually decoded.
+func prealloc(n int) int { return min(n, 16) }
+
 // count reads an element count; each element takes at least min bytes, so a
 // count larger than the rest of the input is corrupt (and never allocated).
 func (d *decoder) count(what string, min int) int {
@@ -225,7 +231,7 @@ func (d *decoder) value(depth int) Value {
 			return Value{}
 		}
 		n := d.count("tuple", 1)
-		t := make([]Value, 0, n)
+		t := make([]Value, 0, prealloc(n))
 		for i := 0; i < n && d.err == nil; i++ {
 			t = append(t, d.value(depth+1))
 		}
@@ -240,7 +246,7 @@ func (d *decoder) vv() VV {
 	if n == 0 {
 		return nil
 	}
-	v := make(VV, 0, n)
+	v := make(VV, 0, prealloc(n))
 	for i := 0; i < n && d.err == nil; i++ {
 		v = append(v, VVEntry{Node: d.str("vv node"), Seq: d.uvarint("vv seq")})
 	}
@@ -311,13 +317,13 @@ func DecodeRecord(b []byte) (*Record, error) {
 	rec := &Record{Context: d.vv()}
 	n := d.count("registers", 2)
 	if n > 0 {
-		rec.Registers = make([]Register, 0, n)
+		rec.Registers = make([]Register, 0, prealloc(n))
 	}
 	for i := 0; i < n && d.err == nil; i++ {
 		r := Register{Name: d.str("register name")}
 		m := d.count("versions", 6)
 		if m > 0 {
-			r.Versions = make([]Version, 0, m)
+			r.Versions = make([]Version, 0, prealloc(m))
 		}
 		for j := 0; j < m && d.err == nil; j++ {
 			v := d.version()
@@ -347,7 +353,7 @@ func DecodeEdit(b []byte) (*Edit, error) {
 	e.Origin = d.str("origin")
 	n := d.count("writes", 3)
 	if n > 0 {
-		e.Writes = make([]Write, 0, n)
+		e.Writes = make([]Write, 0, prealloc(n))
 	}
 	for i := 0; i < n && d.err == nil; i++ {
 		w := Write{Register: d.str("register"), Value: d.value(0), Ctx: d.vv()}

@@ -353,10 +353,11 @@ func sampleRecord(n int) *Record {
 	return rec
 }
 
-// TestDecodeAllocationBounded checks the decoders' documented guarantee
-// (encoding.go): arbitrary bytes never cause an allocation larger than the
-// input. Each input declares a large element count that the rest of the
-// input can hold (so the count check passes) and is corrupt right after.
+// TestDecodeAllocationBounded checks that a decoder never trusts a count
+// before reading the bytes it covers (encoding.go): each input declares a
+// large element count that the rest of the input can hold (so the count
+// check passes) and is corrupt right after, so decoding must fail having
+// allocated little beyond the input itself.
 func TestDecodeAllocationBounded(t *testing.T) {
 	const size = 1 << 20
 	filler := func(b []byte, c byte) []byte { return append(b, bytes.Repeat([]byte{c}, size)...) }
@@ -388,7 +389,7 @@ func TestDecodeAllocationBounded(t *testing.T) {
 			}
 			alloc := after.TotalAlloc - before.TotalAlloc
 			if alloc > uint64(len(tt.in))+64<<10 {
-				t.Errorf("decoding %d corrupt bytes allocated %d bytes (%.0fx the input); encoding.go promises never an allocation larger than the input",
+				t.Errorf("decoding %d corrupt bytes allocated %d bytes (%.0fx the input): a declared count was trusted before its elements were read",
 					len(tt.in), alloc, float64(alloc)/float64(len(tt.in)))
 			}
 		})

@@ -104,6 +104,11 @@ type EditContext struct {
 	Explicit bool
 	// Applied is what the accepting node has applied of each origin.
 	Applied VV
+	// History, when set, returns the superseded versions of a register (the
+	// store keeps them out of the record). An explicit context is closed over
+	// them too, and a partial write of a field group fills the members it
+	// does not set from what the context saw, which may be in history.
+	History func(register string) ([]Version, error)
 }
 
 // PreparePut turns a put of fields into writes: each field (or the group it
@@ -140,7 +145,10 @@ func (e *Entity) PreparePut(rec *Record, fields map[string]Value, ec EditContext
 		g := e.group(f.Group)
 		t, ok := tuples[g.Name]
 		if !ok {
-			t = e.currentTuple(rec, g)
+			var err error
+			if t, err = e.seenTuple(rec, g, ec); err != nil {
+				return nil, err
+			}
 			tuples[g.Name] = t
 		}
 		for i, m := range g.Fields {
@@ -158,14 +166,22 @@ func (e *Entity) PreparePut(rec *Record, fields map[string]Value, ec EditContext
 		if i > 0 && writes[i].Register == writes[i-1].Register {
 			return nil, invalid("field %q is written twice", writes[i].Register)
 		}
-		writes[i].Ctx = contextFor(rec, writes[i].Register, ec)
+		ctx, err := contextFor(rec, writes[i].Register, ec)
+		if err != nil {
+			return nil, err
+		}
+		writes[i].Ctx = ctx
 	}
 	return writes, nil
 }
 
 // PrepareDelete returns the write that deletes a record.
-func (e *Entity) PrepareDelete(rec *Record, ec EditContext) []Write {
-	return []Write{{Register: DeletedField, Value: Bool(true), Ctx: contextFor(rec, DeletedField, ec)}}
+func (e *Entity) PrepareDelete(rec *Record, ec EditContext) ([]Write, error) {
+	ctx, err := contextFor(rec, DeletedField, ec)
+	if err != nil {
+		return nil, err
+	}
+	return []Write{{Register: DeletedField, Value: Bool(true), Ctx: ctx}}, nil
 }
 
 // PrepareResolve returns the write that ends a conflict on field: its context
@@ -186,7 +202,10 @@ func (e *Entity) PrepareResolve(rec *Record, field string, value *Value, ec Edit
 		return nil, invalid("field %q of this record has no value to resolve", field)
 	}
 	if ec.Explicit {
-		ctx := reg.CloseContext(ec.Token, true, ec.Applied)
+		ctx, err := contextFor(rec, regName, ec)
+		if err != nil {
+			return nil, err
+		}
 		for i := range reg.Versions {
 			if !reg.Dominated(i) && !ctx.Covers(reg.Versions[i].Dot) {
 				return nil, fmt.Errorf("%w: version %s of field %q arrived after your read; read the record again", ErrStaleContext, reg.Versions[i].Dot, field)
@@ -223,12 +242,63 @@ func (e *Entity) fieldList() string {
 	return strings.Join(names, ", ")
 }
 
-func contextFor(rec *Record, register string, ec EditContext) VV {
+// contextFor computes the context a write of register carries (see
+// Register.CloseContext); an explicit context is also closed over the
+// register's history when the store provides it.
+func contextFor(rec *Record, register string, ec EditContext) (VV, error) {
 	reg := rec.Register(register)
 	if reg == nil {
 		reg = &Register{}
 	}
-	return reg.CloseContext(ec.Token, ec.Explicit, ec.Applied)
+	ctx := reg.CloseContext(ec.Token, ec.Explicit, ec.Applied)
+	if !ec.Explicit || ec.History == nil {
+		return ctx, nil
+	}
+	hist, err := ec.History(register)
+	if err != nil {
+		return nil, fmt.Errorf("read history of %q: %w", register, err)
+	}
+	all := Register{Versions: append(append([]Version(nil), reg.Versions...), hist...)}
+	return all.closeOver(ctx), nil
+}
+
+// seenTuple returns a fresh copy of g's member values as the writer saw
+// them: without an explicit context, the node's resolved value; with one,
+// the policy's pick among the versions the context covers (live or in
+// history), so a partial write of a group never combines members the writer
+// saw with members of a concurrent edit it did not see.
+func (e *Entity) seenTuple(rec *Record, g *Group, ec EditContext) ([]Value, error) {
+	if !ec.Explicit {
+		return e.currentTuple(rec, g), nil
+	}
+	ctx, err := contextFor(rec, g.Name, ec)
+	if err != nil {
+		return nil, err
+	}
+	seen := Register{Name: g.Name}
+	if reg := rec.Register(g.Name); reg != nil {
+		for _, v := range reg.Versions {
+			if ctx.Covers(v.Dot) {
+				seen.Add(v)
+			}
+		}
+	}
+	if ec.History != nil {
+		hist, err := ec.History(g.Name)
+		if err != nil {
+			return nil, fmt.Errorf("read history of %q: %w", g.Name, err)
+		}
+		for _, v := range hist {
+			if ctx.Covers(v.Dot) {
+				seen.Add(v)
+			}
+		}
+	}
+	t := make([]Value, len(g.Fields))
+	if w, _ := seen.Resolve(&g.Policy); w >= 0 {
+		copy(t, seen.Versions[w].Value.Members())
+	}
+	return t, nil
 }
 
 // currentTuple returns a fresh copy of the resolved member values of g.

@@ -170,10 +170,20 @@ func (r *Register) CloseContext(given VV, explicit bool, applied VV) VV {
 	if !explicit {
 		return r.Context()
 	}
-	ctx := given.Meet(applied)
-	for i := range r.Versions {
-		if ctx.Covers(r.Versions[i].Dot) {
-			ctx = ctx.Join(r.Versions[i].Ctx)
+	return r.closeOver(given.Meet(applied))
+}
+
+// closeOver joins into ctx the context of every version ctx covers, until
+// nothing changes: a version covered only through another one's context
+// counts too.
+func (r *Register) closeOver(ctx VV) VV {
+	for changed := true; changed; {
+		changed = false
+		for i := range r.Versions {
+			if ctx.Covers(r.Versions[i].Dot) && !ctx.Dominates(r.Versions[i].Ctx) {
+				ctx = ctx.Join(r.Versions[i].Ctx)
+				changed = true
+			}
 		}
 	}
 	return ctx

@@ -57,8 +57,8 @@ func (s *Store) ApplyRemoteBatch(ctx context.Context, edits []*crdt.Edit) ([]*Re
 	res := make([]*Result, len(edits))
 	errs := make([]error, len(edits))
 	for i, e := range edits {
-		if e.Dot.Node == s.cfg.NodeID {
-			errs[i] = fmt.Errorf("remote edit %s claims this node's origin", e.Dot)
+		if err := s.checkRemote(e); err != nil {
+			errs[i] = err
 			continue
 		}
 		o := &op{remote: e, done: make(chan struct{})}

@@ -16,7 +16,16 @@ import (
 // state (empty for a new record) and the node's applied vector. It runs on
 // the committer goroutine, so it sees every edit committed before it; it must
 // neither modify nor keep rec. An error refuses the edit and nothing is written.
-type PrepareFunc func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error)
+type PrepareFunc func(rec *crdt.Record, env Env) ([]crdt.Write, error)
+
+// Env is what a PrepareFunc may consult besides the record.
+type Env struct {
+	// Applied is the node's applied vector (edits staged before this one included).
+	Applied crdt.VV
+	// History returns the superseded versions of one of the record's
+	// registers, including ones moved to history earlier in the same batch.
+	History func(register string) ([]crdt.Version, error)
+}
 
 // Result is the outcome of an accepted edit.
 type Result struct {
@@ -63,10 +72,33 @@ func (s *Store) Write(ctx context.Context, entity, id, origin string, prepare Pr
 // mark is a harmless duplicate; one that skips a sequence fails with ErrGap.
 // A timestamp beyond max-offset is refused (crdt.ErrClockOffset).
 func (s *Store) ApplyRemote(ctx context.Context, e *crdt.Edit) (*Result, error) {
-	if e.Dot.Node == s.cfg.NodeID {
-		return nil, fmt.Errorf("remote edit %s claims this node's origin", e.Dot)
+	if err := s.checkRemote(e); err != nil {
+		return nil, err
 	}
 	return s.submit(ctx, &op{remote: e})
+}
+
+// checkRemote validates an edit received from a peer before it is queued.
+func (s *Store) checkRemote(e *crdt.Edit) error {
+	switch {
+	case e.Dot.Node == s.cfg.NodeID:
+		return fmt.Errorf("remote edit %s claims this node's origin", e.Dot)
+	case e.Dot.Node == "" || e.Dot.Seq == 0:
+		return fmt.Errorf("%w: remote edit has no dot", crdt.ErrInvalid)
+	case len(e.Writes) == 0:
+		return nil // a burned sequence number
+	case e.Entity == "":
+		return fmt.Errorf("%w: remote edit %s has no entity", crdt.ErrInvalid, e.Dot)
+	}
+	if err := crdt.CheckID(e.ID); err != nil {
+		return fmt.Errorf("remote edit %s: %w", e.Dot, err)
+	}
+	for i := range e.Writes {
+		if n := e.Writes[i].Value.Size(); n > crdt.MaxValueBytes+64 {
+			return fmt.Errorf("%w: remote edit %s: value of %q is %d bytes", crdt.ErrInvalid, e.Dot, e.Writes[i].Register, n)
+		}
+	}
+	return nil
 }
 
 // batchState is what one committer round has staged.
@@ -85,6 +117,8 @@ type batchState struct {
 	truncated map[string]uint64
 	// advanced or merged: the batch writes state even without edits.
 	advanced bool
+	// history holds versions moved to history in this batch, by history prefix.
+	history map[string][]crdt.Version
 }
 
 // committer stages batches; syncer waits for their fsync and answers. The
@@ -150,7 +184,7 @@ func (s *Store) committer() {
 
 func (s *Store) newBatch() *batchState {
 	return &batchState{b: s.db.NewBatch(), records: map[string]*crdt.Record{}, applied: map[string]uint64{},
-		truncated: map[string]uint64{}, start: time.Now()}
+		truncated: map[string]uint64{}, history: map[string][]crdt.Version{}, start: time.Now()}
 }
 
 // drainClosed fails requests still queued at Close.
@@ -197,6 +231,14 @@ func (s *Store) loadStaged(st *batchState, entity, id string) (*crdt.Record, str
 
 // stage applies one op to the batch, or fails it without touching the batch.
 func (s *Store) stage(st *batchState, o *op) {
+	if err := s.failure(); err != nil {
+		// After a failed write or sync nothing is known about the batches in
+		// flight: refuse everything (a retried remote edit must not pass as
+		// a duplicate of an edit that never became durable).
+		o.err = err
+		close(o.done)
+		return
+	}
 	switch {
 	case o.merge != nil:
 		s.stageMerge(st, o)
@@ -255,8 +297,10 @@ func (s *Store) stage(st *batchState, o *op) {
 		return
 	}
 	if e == nil {
-		// Prepare on a copy: a refused edit must leave the staged state untouched.
-		writes, err := o.prepare(rec, s.appliedVV(st))
+		// PrepareFunc must not modify rec, so a refused edit leaves the staged state untouched.
+		writes, err := o.prepare(rec, Env{Applied: s.appliedVV(st), History: func(register string) ([]crdt.Version, error) {
+			return s.stagedHistory(st, entity, id, register)
+		}})
 		if err != nil {
 			o.err = err
 			close(o.done)
@@ -275,6 +319,8 @@ func (s *Store) stage(st *batchState, o *op) {
 	st.conflicts += countConflicts(rec, e)
 	rec.TakeDominated(func(register string, v crdt.Version) {
 		st.b.Set(historyKey(entity, id, register, v.Dot), crdt.AppendVersion(nil, &v), nil)
+		hk := string(historyPrefix(entity, id, register))
+		st.history[hk] = append(st.history[hk], v)
 	})
 	st.records[key] = rec
 	st.applied[e.Dot.Node] = e.Dot.Seq
@@ -307,8 +353,8 @@ func countConflicts(rec *crdt.Record, e *crdt.Edit) int {
 // write hands the staged batch to Pebble without waiting for its fsync.
 // Runs on the committer goroutine.
 func (s *Store) write(st *batchState) {
-	if s.failed != nil {
-		st.err = s.failed
+	if err := s.failure(); err != nil {
+		st.err = err
 		return
 	}
 	if !st.dirty() {
@@ -326,8 +372,7 @@ func (s *Store) write(st *batchState) {
 	if err := s.db.ApplyNoSyncWait(st.b, pebble.Sync); err != nil {
 		// A failed write leaves the store in an unknown state: refuse every
 		// later edit rather than risk a gap in the op log.
-		s.failed = fmt.Errorf("%w: write batch: %v", ErrFailed, err)
-		st.err = s.failed
+		st.err = s.fail(fmt.Errorf("%w: write batch: %v", ErrFailed, err))
 		s.log.Error("store failed: restart the node", "err", err)
 		return
 	}
@@ -344,8 +389,7 @@ func (s *Store) finish(st *batchState) {
 	err := st.err
 	if err == nil && st.dirty() {
 		if err = st.b.SyncWait(); err != nil {
-			err = fmt.Errorf("%w: sync batch: %v", ErrFailed, err)
-			s.log.Error("store failed: restart the node", "err", err)
+			err = s.fail(fmt.Errorf("%w: sync batch: %v", ErrFailed, err))
 		}
 	}
 	st.b.Close()
@@ -369,6 +413,32 @@ func (s *Store) finish(st *batchState) {
 		}
 		close(o.done)
 	}
+}
+
+// stagedHistory returns a register's superseded versions: stored ones and
+// those moved to history earlier in this batch.
+func (s *Store) stagedHistory(st *batchState, entity, id, register string) ([]crdt.Version, error) {
+	out, err := s.history(entity, id, register)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, st.history[string(historyPrefix(entity, id, register))]...), nil
+}
+
+// fail records the first error that stopped the store and returns it.
+func (s *Store) fail(err error) error {
+	if s.failed.CompareAndSwap(nil, &err) {
+		s.log.Error("store failed: restart the node", "err", err)
+	}
+	return *s.failed.Load()
+}
+
+// failure returns the error that stopped the store, or nil.
+func (s *Store) failure() error {
+	if p := s.failed.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 func (st *batchState) dirty() bool { return len(st.edits) > 0 || st.advanced }

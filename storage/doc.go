@@ -16,6 +16,16 @@
 // only if every lower seq of the node is: the op log has no gaps, even after
 // a crash.
 //
+// HAZARD: Pebble makes a batch visible to readers before its fsync
+// completes. Get, List and Versions may therefore show an edit that is not
+// yet acknowledged, and that a crash in that window takes back. Nothing
+// acknowledged is ever lost, and the harm such a read could do is contained:
+// ScanOpLog (what peers and watchers read) only serves durable entries, and
+// on open every local sequence number a crash may have exposed is burned
+// (written as an empty edit, see burnSequence), so a dot is never reissued
+// for a different edit and a context token that covers a lost edit covers
+// nothing else.
+//
 // The HLC ceiling is persisted (synced) before the clock issues a timestamp
 // at or above it, and restored as the clock's floor on open, so timestamps
 // never go backwards across restarts. The sequence is the node's own applied

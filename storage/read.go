@@ -80,6 +80,18 @@ func (s *Store) Versions(entity, id, register string) ([]crdt.Version, error) {
 	if r := rec.Register(register); r != nil {
 		out = append(out, r.Versions...)
 	}
+	hist, err := s.history(entity, id, register)
+	if err != nil {
+		return nil, err
+	}
+	out = append(out, hist...)
+	sort.Slice(out, func(i, j int) bool { return out[i].Dot.Compare(out[j].Dot) < 0 })
+	return out, nil
+}
+
+// history returns the superseded versions of a register kept in history.
+func (s *Store) history(entity, id, register string) ([]crdt.Version, error) {
+	var out []crdt.Version
 	prefix := historyPrefix(entity, id, register)
 	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
@@ -93,16 +105,12 @@ func (s *Store) Versions(entity, id, register string) ([]crdt.Version, error) {
 		}
 		out = append(out, v)
 	}
-	if err := it.Error(); err != nil {
-		return nil, err
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Dot.Compare(out[j].Dot) < 0 })
-	return out, nil
+	return out, it.Error()
 }
 
 // ScanOpLog calls fn for each op-log entry of origin with seq > after, in
 // sequence order, until fn returns false or limit entries were read (limit
-// < 0: no limit). It reads only durable entries: Pebble makes a batch
+// < 0: no limit; 0 reads nothing). It reads only durable entries: Pebble makes a batch
 // visible before its fsync completes, and an entry that a crash could still
 // take back must never reach a peer or a watcher, or its dot could be
 // reissued for another edit.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cockroachdb/pebble/v2"
@@ -99,8 +100,10 @@ type Store struct {
 	// Owned by the committer goroutine: the applied vector including batches
 	// written but not yet synced, and the error that stopped the store.
 	staged  crdt.VV
-	failed  error
 	seqCeil uint64 // persisted: no local seq above it was ever issued
+
+	// failed holds the error that stopped the store (set by committer or syncer).
+	failed atomic.Pointer[error]
 
 	// mu guards applied, the durable per-origin high-water marks, and subs.
 	mu struct {
@@ -259,7 +262,7 @@ func (s *Store) Close() error {
 	<-s.stopped
 	// Clean shutdown: everything issued is durable, so the next open needs
 	// no burned sequence numbers.
-	if s.failed == nil {
+	if s.failure() == nil {
 		if err := s.db.Set(keySeqCeil, uvarintBytes(s.staged.Get(s.cfg.NodeID)), pebble.Sync); err != nil {
 			s.db.Close()
 			return fmt.Errorf("persist sequence ceiling: %w", err)

@@ -80,15 +80,15 @@ func closeStore(tb testing.TB, s *storage.Store) {
 
 // putFn is the usual PrepareFunc of a put without a client context.
 func putFn(ent *crdt.Entity, fields map[string]crdt.Value) storage.PrepareFunc {
-	return func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error) {
-		return ent.PreparePut(rec, fields, crdt.EditContext{Applied: applied})
+	return func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+		return ent.PreparePut(rec, fields, crdt.EditContext{Applied: env.Applied})
 	}
 }
 
 // tokenPutFn is a put carrying an explicit (possibly stale) read token.
 func tokenPutFn(ent *crdt.Entity, fields map[string]crdt.Value, tok crdt.VV) storage.PrepareFunc {
-	return func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error) {
-		return ent.PreparePut(rec, fields, crdt.EditContext{Token: tok, Explicit: true, Applied: applied})
+	return func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+		return ent.PreparePut(rec, fields, crdt.EditContext{Token: tok, Explicit: true, Applied: env.Applied, History: env.History})
 	}
 }
 
@@ -313,10 +313,10 @@ func holdCommitter(tb testing.TB, s *storage.Store, ent *crdt.Entity) (release f
 	}
 	done := make(chan out, 1)
 	go func() {
-		res, err := s.Write(context.Background(), ent.Name, "hold", "api", func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error) {
+		res, err := s.Write(context.Background(), ent.Name, "hold", "api", func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
 			close(entered)
 			<-gate
-			return ent.PreparePut(rec, str("hold"), crdt.EditContext{Applied: applied})
+			return ent.PreparePut(rec, str("hold"), crdt.EditContext{Applied: env.Applied})
 		})
 		done <- out{res, err}
 	}()
@@ -609,7 +609,7 @@ func TestRefusedPrepareLeavesStagedRecord(t *testing.T) {
 	})
 	waitFor(t, "good edit queued", func() bool { return storage.QueueLen(s) == 1 })
 	wg.Go(func() {
-		_, badErr = s.Write(context.Background(), ent.Name, "r", "api", func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error) {
+		_, badErr = s.Write(context.Background(), ent.Name, "r", "api", func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
 			// Read the staged record, then refuse (PrepareFunc must not modify rec).
 			if rec.Register("name") == nil {
 				return nil, errors.New("prepare did not see the staged record")

@@ -285,7 +285,7 @@ func (r *Records) Delete(ctx context.Context, req *pb.DeleteRequest) (*pb.PutRes
 			if len(rec.Registers) == 0 {
 				return nil, fmt.Errorf("%w: %s %q does not exist", storage.ErrNotFound, ent.Name, req.GetId())
 			}
-			return ent.PrepareDelete(rec, ec), nil
+			return ent.PrepareDelete(rec, ec)
 		})
 }
 
@@ -328,8 +328,8 @@ func (r *Records) write(ctx context.Context, ent *crdt.Entity, id, origin, token
 	if acks > 1 && r.replicator == nil {
 		return nil, status.Errorf(codes.InvalidArgument, "write concern acks=%d needs %d nodes, but this node runs alone: use acks=1", acks, acks)
 	}
-	res, err := r.store.Write(ctx, ent.Name, id, origin, func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error) {
-		ec.Applied = applied
+	res, err := r.store.Write(ctx, ent.Name, id, origin, func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+		ec.Applied, ec.History = env.Applied, env.History
 		return prepare(rec, ec)
 	})
 	if err != nil {

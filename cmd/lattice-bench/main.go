@@ -153,7 +153,7 @@ func benchGRPC(ctx context.Context, out io.Writer, dir string, clients, conns in
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(server.ServerOptions()...)
 	rs.Register(gs)
 	go gs.Serve(lis)
 	defer gs.Stop()
@@ -244,8 +244,8 @@ func benchGrowth(ctx context.Context, out io.Writer, dir string, n, f, samples i
 		fields[fs.Name] = crdt.String(value)
 	}
 	put := func(id string, fv map[string]crdt.Value) error {
-		_, err := st.Write(ctx, ent.Name, id, "bench", func(rec *crdt.Record, applied crdt.VV) ([]crdt.Write, error) {
-			return ent.PreparePut(rec, fv, crdt.EditContext{Applied: applied})
+		_, err := st.Write(ctx, ent.Name, id, "bench", func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+			return ent.PreparePut(rec, fv, crdt.EditContext{Applied: env.Applied})
 		})
 		return err
 	}

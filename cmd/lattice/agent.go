@@ -141,7 +141,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	if err != nil {
 		return fmt.Errorf("listen on --grpc-addr %s: %w (is another lattice running? pick another port)", f.grpcAddr, err)
 	}
-	gs := grpc.NewServer(grpc.ChainUnaryInterceptor(m.unaryInterceptor))
+	gs := grpc.NewServer(server.ServerOptions(m.unaryInterceptor)...)
 	records.Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)

@@ -269,7 +269,8 @@ type Value_BoolValue struct {
 }
 
 type Value_TimestampValue struct {
-	// timestamp_value is a point in time (UTC, nanosecond precision).
+	// timestamp_value is a point in time (UTC). lattice keeps microseconds,
+	// like PostgreSQL: finer digits are truncated.
 	TimestampValue *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=timestamp_value,json=timestampValue,proto3,oneof"`
 }
 
