@@ -1,9 +1,11 @@
 package crdt
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"unsafe"
 
 	"unicode/utf8"
 )
@@ -115,8 +117,14 @@ func appendString(b []byte, s string) []byte {
 
 // decoder reads from b; the first error sticks and later reads return zero values.
 type decoder struct {
-	b   []byte
-	err error
+	b      []byte
+	err    error
+	shared bool // b is a private copy: strings may alias it
+}
+
+// ownedDecoder copies b once so decoded strings can alias the copy.
+func ownedDecoder(b []byte) decoder {
+	return decoder{b: bytes.Clone(b), shared: true}
 }
 
 func (d *decoder) fail(format string, args ...any) {
@@ -180,7 +188,7 @@ func (d *decoder) count(what string, min int) int {
 }
 
 func (d *decoder) str(what string) string {
-	n := d.uvarint(what + " length")
+	n := d.uvarint(what)
 	if d.err != nil {
 		return ""
 	}
@@ -188,7 +196,16 @@ func (d *decoder) str(what string) string {
 		d.fail("truncated %s", what)
 		return ""
 	}
-	s := string(d.b[:n])
+	var s string
+	switch {
+	case n == 0:
+	case d.shared:
+		// The decoder owns a private copy of the input that nothing
+		// modifies: strings can point into it instead of each allocating.
+		s = unsafe.String(&d.b[0], int(n))
+	default:
+		s = string(d.b[:n])
+	}
 	d.b = d.b[n:]
 	return s
 }
@@ -305,14 +322,14 @@ func DecodeVV(b []byte) (VV, error) {
 
 // DecodeVersion decodes a version encoded by AppendVersion.
 func DecodeVersion(b []byte) (Version, error) {
-	d := decoder{b: b}
+	d := ownedDecoder(b)
 	v := d.version()
 	return v, d.done("version")
 }
 
 // DecodeRecord decodes a record state encoded by AppendRecord.
 func DecodeRecord(b []byte) (*Record, error) {
-	d := decoder{b: b}
+	d := ownedDecoder(b)
 	d.format()
 	rec := &Record{Context: d.vv()}
 	n := d.count("registers", 2)
@@ -345,7 +362,7 @@ func DecodeRecord(b []byte) (*Record, error) {
 
 // DecodeEdit decodes an edit encoded by AppendEdit.
 func DecodeEdit(b []byte) (*Edit, error) {
-	d := decoder{b: b}
+	d := ownedDecoder(b)
 	d.format()
 	e := &Edit{Entity: d.str("entity"), ID: d.str("id")}
 	e.Dot = d.dot()

@@ -44,6 +44,8 @@ type Config struct {
 	MaxOffset time.Duration
 	// MaxBatch caps the edits committed in one synced batch (default 1024).
 	MaxBatch int
+	// CacheBytes is the size of Pebble's block cache (default 256 MiB).
+	CacheBytes int64
 	// FS overrides the filesystem (tests use vfs.NewCrashableMem).
 	FS vfs.FS
 	// Logger receives store logs (default slog.Default()).
@@ -129,7 +131,10 @@ func Open(cfg Config) (*Store, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
-	opts := &pebble.Options{Logger: pebbleLogger{cfg.Logger}}
+	if cfg.CacheBytes <= 0 {
+		cfg.CacheBytes = 256 << 20
+	}
+	opts := &pebble.Options{Logger: pebbleLogger{cfg.Logger}, CacheSize: cfg.CacheBytes}
 	// Bloom filters: a put of a new record looks up a key that does not exist.
 	for i := range opts.Levels {
 		opts.Levels[i].FilterPolicy = bloom.FilterPolicy(10)

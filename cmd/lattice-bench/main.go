@@ -131,9 +131,32 @@ func entity(fields int) *crdt.Entity {
 	return e
 }
 
+// batchStats counts synced batches, to report the group-commit factor.
+type batchStats struct {
+	batches, edits atomic.Int64
+	commitNanos    atomic.Int64
+}
+
+func (b *batchStats) Committed(edits, _ int, took time.Duration) {
+	b.batches.Add(1)
+	b.edits.Add(int64(edits))
+	b.commitNanos.Add(int64(took))
+}
+
+func (b *batchStats) String() string {
+	n := b.batches.Load()
+	if n == 0 {
+		return "no batches"
+	}
+	return fmt.Sprintf("%.1f edits per fsync, %s per batch", float64(b.edits.Load())/float64(n), time.Duration(b.commitNanos.Load()/n).Round(time.Microsecond))
+}
+
+var stats batchStats
+
 func openStore(dir string) (*storage.Store, error) {
 	cfg := storage.DefaultConfig(dir, "n1")
 	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Metrics = &stats
 	return storage.Open(cfg)
 }
 
@@ -225,8 +248,8 @@ func benchGRPC(ctx context.Context, out io.Writer, dir string, clients, conns in
 	if rate > 0 {
 		load = fmt.Sprintf("open loop at %d edits/s", rate)
 	}
-	fmt.Fprintf(out, "| Put over gRPC, %d clients on %d connections, 1 field, %s | %.0f edits/s | p50 %s | p99 %s | max %s | %d edits in %s |\n",
-		clients, conns, load, float64(n)/el.Seconds(), p[50], p[99], p[100], n, el.Round(time.Millisecond))
+	fmt.Fprintf(out, "| Put over gRPC, %d clients on %d connections, 1 field, %s | %.0f edits/s | p50 %s | p99 %s | max %s | %d edits in %s | %s |\n",
+		clients, conns, load, float64(n)/el.Seconds(), p[50], p[99], p[100], n, el.Round(time.Millisecond), &stats)
 	return nil
 }
 
