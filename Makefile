@@ -15,9 +15,9 @@ build: ## build bin/lattice
 	$(GO) build -o $(BIN) ./cmd/lattice
 
 .PHONY: run
-run: build ## build and start lattice on 127.0.0.1:7101 (metrics on :7201) with the quickstart config; Ctrl-C stops
-	@echo "lattice: data in ./data/n1; try: $(BIN) put contact c1 name=Ann email=ann@example.com"
-	$(BIN) agent --node-id n1 --data-dir data/n1 --grpc-addr 127.0.0.1:7101 --http-addr 127.0.0.1:7201 --config cmd/lattice/quickstart.yaml
+run: build ## build and start a local three-node cluster on 127.0.0.1:7101-7103 (quickstart config); Ctrl-C stops
+	
+	$(BIN) dev --nodes 3 --config cmd/lattice/quickstart.yaml
 
 .PHONY: test
 test: verify-generate ## run every test with -race (installs what the tests need)

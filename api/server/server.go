@@ -83,6 +83,9 @@ func (r *Records) SetSchema(s *crdt.Schema) error {
 	return nil
 }
 
+// Schema returns the schema in use.
+func (r *Records) Schema() *crdt.Schema { return r.schema.Load() }
+
 func (r *Records) entity(name string) (*crdt.Entity, error) {
 	if name == "" {
 		return nil, status.Error(codes.InvalidArgument, "entity is required")

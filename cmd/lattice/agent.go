@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/reflection"
 
 	"github.com/lattice-sync/lattice/api/server"
+	"github.com/lattice-sync/lattice/cluster"
 	"github.com/lattice-sync/lattice/crdt"
 	"github.com/lattice-sync/lattice/storage"
 )
@@ -29,6 +30,10 @@ import (
 var quickstartYAML []byte
 
 type agentFlags struct {
+	gossipAddr string
+	raftAddr   string
+	join       []string
+	deadGrace  time.Duration
 	nodeID    string
 	dataDir   string
 	grpcAddr  string
@@ -58,6 +63,10 @@ acknowledged is lost.`,
 	fl.StringVar(&f.dataDir, "data-dir", "", "data directory (default ./data/<node-id>)")
 	fl.StringVar(&f.grpcAddr, "grpc-addr", "127.0.0.1:7101", "gRPC listen address")
 	fl.StringVar(&f.httpAddr, "http-addr", "127.0.0.1:7201", "HTTP listen address for /metrics, /healthz and /readyz (empty disables)")
+	fl.StringVar(&f.gossipAddr, "gossip-addr", "127.0.0.1:7301", "gossip (memberlist) listen address, UDP and TCP")
+	fl.StringVar(&f.raftAddr, "raft-addr", "127.0.0.1:7401", "Raft listen address")
+	fl.StringSliceVar(&f.join, "join", nil, "gossip address of a member to join (repeatable); without it the node starts a new cluster")
+	fl.DurationVar(&f.deadGrace, "dead-grace", 30*time.Second, "how long a member may be dead before it is dropped from the Raft voters")
 	fl.StringVar(&f.config, "config", "", "entity configuration (YAML); default: the built-in quickstart (entity contact)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fl.DurationVar(&f.maxOffset, "max-offset", crdt.DefaultMaxOffset, "largest clock skew accepted from peers and sources")
@@ -65,17 +74,17 @@ acknowledged is lost.`,
 	return cmd
 }
 
-func loadSchema(path string) (*crdt.Schema, string, error) {
+func loadSchema(path string) (*crdt.Schema, string, string, error) {
 	if path == "" {
 		s, err := crdt.ParseSchema("quickstart.yaml (built in)", quickstartYAML)
-		return s, "built-in quickstart", err
+		return s, "built-in quickstart", string(quickstartYAML), err
 	}
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, "", fmt.Errorf("read config: %w", err)
+		return nil, "", "", fmt.Errorf("read config: %w", err)
 	}
 	s, err := crdt.ParseSchema(path, data)
-	return s, path, err
+	return s, path, string(data), err
 }
 
 func newLogger(w interface{ Write([]byte) (int, error) }, level string) (*slog.Logger, error) {
@@ -95,7 +104,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	log = log.With("node", f.nodeID)
 
 	// Entity configuration: refuse to start on a bad file, naming file, line and field.
-	schema, source, err := loadSchema(f.config)
+	schema, source, schemaYAML, err := loadSchema(f.config)
 	if err != nil {
 		return err
 	}
@@ -132,8 +141,48 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	m.watchStore(reg, store)
 	log.Info("store opened", "dir", dir, "applied", store.Applied().String())
 
-	// Records API, health and reflection on one gRPC server.
-	records, err := server.New(server.Config{Store: store, Schema: schema, Logger: log})
+	// Cluster: gossip membership, op-log replication, Raft control plane.
+	// The configuration committed in Raft replaces the local file.
+	ctx, leave := context.WithCancel(ctx)
+	defer leave()
+	var records *server.Records
+	leaving := false
+	ccfg := cluster.DefaultConfig()
+	ccfg.NodeID, ccfg.GRPCAddr, ccfg.GossipAddr, ccfg.RaftAddr = f.nodeID, f.grpcAddr, f.gossipAddr, f.raftAddr
+	ccfg.Join, ccfg.DataDir, ccfg.Store, ccfg.Logger, ccfg.Metrics = f.join, filepath.Join(dir, "raft"), store, log, m
+	ccfg.Schema, ccfg.SchemaYAML, ccfg.DeadGrace = schema, schemaYAML, f.deadGrace
+	ccfg.OnSchema = func(s *crdt.Schema) {
+		if records != nil {
+			if err := records.SetSchema(s); err != nil {
+				log.Error("configuration from raft refused", "err", err)
+				return
+			}
+			log.Info("configuration updated through raft", "entities", len(s.Entities))
+		} else {
+			schema = s
+		}
+	}
+	ccfg.OnLeave = func() { leaving = true; leave() }
+	node, err := cluster.New(ccfg)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		// After gRPC drained: leave gracefully if asked, else just stop.
+		var err error
+		if leaving {
+			err = node.LeaveCluster(context.Background())
+		} else {
+			err = node.Close()
+		}
+		if err != nil {
+			log.Warn("stop cluster node", "err", err)
+		}
+	}()
+	log.Info("cluster node started", "gossip", f.gossipAddr, "raft", f.raftAddr, "join", f.join)
+
+	// Records API, cluster and peer services, health and reflection on one gRPC server.
+	records, err = server.New(server.Config{Store: store, Schema: schema, Logger: log, Replicator: node})
 	if err != nil {
 		return err
 	}
@@ -143,6 +192,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	}
 	gs := grpc.NewServer(server.ServerOptions(m.unaryInterceptor)...)
 	records.Register(gs)
+	node.Register(gs)
 	hs := health.NewServer()
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
@@ -181,7 +231,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	pruneCtx, stopPrune := context.WithCancel(ctx)
 	go func() {
 		defer close(pruneDone)
-		pruneLoop(pruneCtx, store, schema, f.prune, log)
+		pruneLoop(pruneCtx, store, records, f.prune, log)
 	}()
 
 	// Run until a signal or a server failure.
@@ -214,7 +264,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	return nil
 }
 
-func pruneLoop(ctx context.Context, store *storage.Store, schema *crdt.Schema, every time.Duration, log *slog.Logger) {
+func pruneLoop(ctx context.Context, store *storage.Store, records *server.Records, every time.Duration, log *slog.Logger) {
 	if every <= 0 {
 		return
 	}
@@ -227,7 +277,7 @@ func pruneLoop(ctx context.Context, store *storage.Store, schema *crdt.Schema, e
 		case <-t.C:
 		}
 		now := store.Clock().Now()
-		for _, e := range schema.Entities {
+		for _, e := range records.Schema().Entities {
 			if e.Retention <= 0 {
 				continue
 			}

@@ -20,6 +20,9 @@ type metrics struct {
 	batchSize prometheus.Histogram
 	requests  *prometheus.CounterVec
 	latency   *prometheus.HistogramVec
+	refused   *prometheus.CounterVec
+	snapshots prometheus.Counter
+	truncated prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -38,9 +41,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lattice_api_request_seconds",
 			Help: "gRPC unary request latency by method.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)}, []string{"method"}),
 	}
-	reg.MustRegister(m.edits, m.conflicts, m.batches, m.batchSize, m.requests, m.latency)
+	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lattice_hlc_offset_refusals_total",
+		Help: "Edits refused because their timestamp was beyond max-offset ahead of this node's clock, by origin."}, []string{"origin"})
+	m.snapshots = prometheus.NewCounter(prometheus.CounterOpts{Name: "lattice_cluster_snapshot_records_total",
+		Help: "Records merged from peers' snapshots."})
+	m.truncated = prometheus.NewCounter(prometheus.CounterOpts{Name: "lattice_cluster_oplog_truncated_total",
+		Help: "Op-log entries truncated because every member holds them."})
+	reg.MustRegister(m.edits, m.conflicts, m.batches, m.batchSize, m.requests, m.latency, m.refused, m.snapshots, m.truncated)
 	return m
 }
+
+// ClockRefused implements cluster.Observer.
+func (m *metrics) ClockRefused(origin string) { m.refused.WithLabelValues(origin).Inc() }
+
+// SnapshotInstalled implements cluster.Observer.
+func (m *metrics) SnapshotInstalled(records int) { m.snapshots.Add(float64(records)) }
+
+// Truncated implements cluster.Observer.
+func (m *metrics) Truncated(entries uint64) { m.truncated.Add(float64(entries)) }
 
 // Committed implements storage.Observer.
 func (m *metrics) Committed(edits, conflicts int, took time.Duration) {

@@ -42,7 +42,8 @@ Start a node with "lattice agent", then use the client commands against it.`,
 	root.PersistentFlags().StringVarP(&cf.output, "output", "o", "table", "output format: table or json")
 	root.PersistentFlags().DurationVar(&cf.timeout, "timeout", 10*time.Second, "timeout of each request")
 	root.AddCommand(
-		newAgentCmd(),
+		newAgentCmd(), newDevCmd(),
+		newMembersCmd(cf), newLeaveCmd(cf), newConfigCmd(cf), newStatusCmd(cf),
 		newPutCmd(cf), newGetCmd(cf), newDeleteCmd(cf), newListCmd(cf),
 		newHistoryCmd(cf), newResolveCmd(cf), newWatchCmd(cf),
 	)

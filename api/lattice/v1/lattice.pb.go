@@ -1912,9 +1912,11 @@ func (*LeaveResponse) Descriptor() ([]byte, []int) {
 	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{25}
 }
 
-// StatusRequest has no parameters.
+// StatusRequest asks for this node's state.
 type StatusRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// digest asks for a digest of every record and its history (a full scan).
+	Digest        bool `protobuf:"varint,1,opt,name=digest,proto3" json:"digest,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1949,6 +1951,13 @@ func (*StatusRequest) Descriptor() ([]byte, []int) {
 	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{26}
 }
 
+func (x *StatusRequest) GetDigest() bool {
+	if x != nil {
+		return x.Digest
+	}
+	return false
+}
+
 // StatusResponse is this node's state.
 type StatusResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1961,7 +1970,15 @@ type StatusResponse struct {
 	// applied is the version vector of every write this node has applied.
 	Applied *VersionVector `protobuf:"bytes,4,opt,name=applied,proto3" json:"applied,omitempty"`
 	// hlc is this node's current HLC.
-	Hlc           uint64 `protobuf:"varint,5,opt,name=hlc,proto3" json:"hlc,omitempty"`
+	Hlc uint64 `protobuf:"varint,5,opt,name=hlc,proto3" json:"hlc,omitempty"`
+	// digest is a SHA-256 over every record state and every history version
+	// in key order (set when asked): two nodes holding byte-identical state
+	// and history have equal digests.
+	Digest string `protobuf:"bytes,6,opt,name=digest,proto3" json:"digest,omitempty"`
+	// raft_leader is the id of the Raft leader as this node knows it.
+	RaftLeader string `protobuf:"bytes,7,opt,name=raft_leader,json=raftLeader,proto3" json:"raft_leader,omitempty"`
+	// truncated is the op-log truncation vector.
+	Truncated     *VersionVector `protobuf:"bytes,8,opt,name=truncated,proto3" json:"truncated,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2029,6 +2046,27 @@ func (x *StatusResponse) GetHlc() uint64 {
 		return x.Hlc
 	}
 	return 0
+}
+
+func (x *StatusResponse) GetDigest() string {
+	if x != nil {
+		return x.Digest
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetRaftLeader() string {
+	if x != nil {
+		return x.RaftLeader
+	}
+	return ""
+}
+
+func (x *StatusResponse) GetTruncated() *VersionVector {
+	if x != nil {
+		return x.Truncated
+	}
+	return nil
 }
 
 // MembersRequest has no parameters.
@@ -2377,14 +2415,19 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x04node\x18\x01 \x01(\tR\x04node\"\x16\n" +
 	"\x14RemoveMemberResponse\"\x0e\n" +
 	"\fLeaveRequest\"\x0f\n" +
-	"\rLeaveResponse\"\x0f\n" +
-	"\rStatusRequest\"\xa4\x01\n" +
+	"\rLeaveResponse\"'\n" +
+	"\rStatusRequest\x12\x16\n" +
+	"\x06digest\x18\x01 \x01(\bR\x06digest\"\x96\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
 	"\arecords\x18\x03 \x01(\x04R\arecords\x123\n" +
 	"\aapplied\x18\x04 \x01(\v2\x19.lattice.v1.VersionVectorR\aapplied\x12\x10\n" +
-	"\x03hlc\x18\x05 \x01(\x04R\x03hlc\"\x10\n" +
+	"\x03hlc\x18\x05 \x01(\x04R\x03hlc\x12\x16\n" +
+	"\x06digest\x18\x06 \x01(\tR\x06digest\x12\x1f\n" +
+	"\vraft_leader\x18\a \x01(\tR\n" +
+	"raftLeader\x127\n" +
+	"\ttruncated\x18\b \x01(\v2\x19.lattice.v1.VersionVectorR\ttruncated\"\x10\n" +
 	"\x0eMembersRequest\"?\n" +
 	"\x0fMembersResponse\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.lattice.v1.MemberR\amembers\"\xc4\x02\n" +
@@ -2501,40 +2544,41 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	2,  // 20: lattice.v1.HistoryEntry.by:type_name -> lattice.v1.Dot
 	6,  // 21: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
 	3,  // 22: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
-	31, // 23: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
-	3,  // 24: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
-	1,  // 25: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
-	7,  // 26: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
-	8,  // 27: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
-	10, // 28: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
-	12, // 29: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
-	14, // 30: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
-	15, // 31: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
-	16, // 32: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
-	19, // 33: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
-	27, // 34: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
-	29, // 35: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
-	21, // 36: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
-	23, // 37: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
-	25, // 38: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
-	6,  // 39: lattice.v1.Records.Get:output_type -> lattice.v1.Record
-	9,  // 40: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
-	11, // 41: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
-	13, // 42: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
-	13, // 43: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
-	13, // 44: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
-	17, // 45: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
-	20, // 46: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
-	28, // 47: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
-	30, // 48: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
-	22, // 49: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
-	24, // 50: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
-	26, // 51: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
-	39, // [39:52] is the sub-list for method output_type
-	26, // [26:39] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	3,  // 23: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
+	31, // 24: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
+	3,  // 25: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
+	1,  // 26: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
+	7,  // 27: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
+	8,  // 28: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
+	10, // 29: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
+	12, // 30: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
+	14, // 31: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
+	15, // 32: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
+	16, // 33: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
+	19, // 34: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
+	27, // 35: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
+	29, // 36: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
+	21, // 37: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
+	23, // 38: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
+	25, // 39: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
+	6,  // 40: lattice.v1.Records.Get:output_type -> lattice.v1.Record
+	9,  // 41: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
+	11, // 42: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
+	13, // 43: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
+	13, // 44: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
+	13, // 45: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
+	17, // 46: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
+	20, // 47: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
+	28, // 48: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
+	30, // 49: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
+	22, // 50: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
+	24, // 51: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
+	26, // 52: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
+	40, // [40:53] is the sub-list for method output_type
+	27, // [27:40] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_lattice_v1_lattice_proto_init() }

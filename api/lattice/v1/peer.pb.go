@@ -25,6 +25,106 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// ProposeRequest carries one Raft command (JSON, see cluster/fsm.go).
+type ProposeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Command       []byte                 `protobuf:"bytes,1,opt,name=command,proto3" json:"command,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeRequest) Reset() {
+	*x = ProposeRequest{}
+	mi := &file_lattice_v1_peer_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeRequest) ProtoMessage() {}
+
+func (x *ProposeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_peer_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeRequest.ProtoReflect.Descriptor instead.
+func (*ProposeRequest) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{0}
+}
+
+func (x *ProposeRequest) GetCommand() []byte {
+	if x != nil {
+		return x.Command
+	}
+	return nil
+}
+
+// ProposeResponse reports the outcome of a Raft command.
+type ProposeResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// index is the Raft log index the command was committed at.
+	Index uint64 `protobuf:"varint,1,opt,name=index,proto3" json:"index,omitempty"`
+	// error is the FSM's refusal (e.g. a stale connector epoch), empty on success.
+	Error         string `protobuf:"bytes,2,opt,name=error,proto3" json:"error,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ProposeResponse) Reset() {
+	*x = ProposeResponse{}
+	mi := &file_lattice_v1_peer_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ProposeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ProposeResponse) ProtoMessage() {}
+
+func (x *ProposeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_peer_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ProposeResponse.ProtoReflect.Descriptor instead.
+func (*ProposeResponse) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *ProposeResponse) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *ProposeResponse) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
 // ReplicateUp flows from the receiving node to the serving node.
 type ReplicateUp struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -39,7 +139,7 @@ type ReplicateUp struct {
 
 func (x *ReplicateUp) Reset() {
 	*x = ReplicateUp{}
-	mi := &file_lattice_v1_peer_proto_msgTypes[0]
+	mi := &file_lattice_v1_peer_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -51,7 +151,7 @@ func (x *ReplicateUp) String() string {
 func (*ReplicateUp) ProtoMessage() {}
 
 func (x *ReplicateUp) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_peer_proto_msgTypes[0]
+	mi := &file_lattice_v1_peer_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -64,7 +164,7 @@ func (x *ReplicateUp) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateUp.ProtoReflect.Descriptor instead.
 func (*ReplicateUp) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{0}
+	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ReplicateUp) GetNode() string {
@@ -97,7 +197,7 @@ type ReplicateDown struct {
 
 func (x *ReplicateDown) Reset() {
 	*x = ReplicateDown{}
-	mi := &file_lattice_v1_peer_proto_msgTypes[1]
+	mi := &file_lattice_v1_peer_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -109,7 +209,7 @@ func (x *ReplicateDown) String() string {
 func (*ReplicateDown) ProtoMessage() {}
 
 func (x *ReplicateDown) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_peer_proto_msgTypes[1]
+	mi := &file_lattice_v1_peer_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -122,7 +222,7 @@ func (x *ReplicateDown) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplicateDown.ProtoReflect.Descriptor instead.
 func (*ReplicateDown) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{1}
+	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ReplicateDown) GetEdits() [][]byte {
@@ -157,7 +257,7 @@ type SnapshotRequest struct {
 
 func (x *SnapshotRequest) Reset() {
 	*x = SnapshotRequest{}
-	mi := &file_lattice_v1_peer_proto_msgTypes[2]
+	mi := &file_lattice_v1_peer_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -169,7 +269,7 @@ func (x *SnapshotRequest) String() string {
 func (*SnapshotRequest) ProtoMessage() {}
 
 func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_peer_proto_msgTypes[2]
+	mi := &file_lattice_v1_peer_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -182,7 +282,7 @@ func (x *SnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRequest.ProtoReflect.Descriptor instead.
 func (*SnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{2}
+	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *SnapshotRequest) GetNode() string {
@@ -210,7 +310,7 @@ type SnapshotChunk struct {
 
 func (x *SnapshotChunk) Reset() {
 	*x = SnapshotChunk{}
-	mi := &file_lattice_v1_peer_proto_msgTypes[3]
+	mi := &file_lattice_v1_peer_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -222,7 +322,7 @@ func (x *SnapshotChunk) String() string {
 func (*SnapshotChunk) ProtoMessage() {}
 
 func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_peer_proto_msgTypes[3]
+	mi := &file_lattice_v1_peer_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -235,7 +335,7 @@ func (x *SnapshotChunk) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotChunk.ProtoReflect.Descriptor instead.
 func (*SnapshotChunk) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{3}
+	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *SnapshotChunk) GetRecords() []*SnapshotRecord {
@@ -279,7 +379,7 @@ type SnapshotRecord struct {
 
 func (x *SnapshotRecord) Reset() {
 	*x = SnapshotRecord{}
-	mi := &file_lattice_v1_peer_proto_msgTypes[4]
+	mi := &file_lattice_v1_peer_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -291,7 +391,7 @@ func (x *SnapshotRecord) String() string {
 func (*SnapshotRecord) ProtoMessage() {}
 
 func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_peer_proto_msgTypes[4]
+	mi := &file_lattice_v1_peer_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -304,7 +404,7 @@ func (x *SnapshotRecord) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotRecord.ProtoReflect.Descriptor instead.
 func (*SnapshotRecord) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{4}
+	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *SnapshotRecord) GetEntity() string {
@@ -342,7 +442,7 @@ type SnapshotVersion struct {
 
 func (x *SnapshotVersion) Reset() {
 	*x = SnapshotVersion{}
-	mi := &file_lattice_v1_peer_proto_msgTypes[5]
+	mi := &file_lattice_v1_peer_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -354,7 +454,7 @@ func (x *SnapshotVersion) String() string {
 func (*SnapshotVersion) ProtoMessage() {}
 
 func (x *SnapshotVersion) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_peer_proto_msgTypes[5]
+	mi := &file_lattice_v1_peer_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -367,7 +467,7 @@ func (x *SnapshotVersion) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotVersion.ProtoReflect.Descriptor instead.
 func (*SnapshotVersion) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{5}
+	return file_lattice_v1_peer_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SnapshotVersion) GetEntity() string {
@@ -403,7 +503,12 @@ var File_lattice_v1_peer_proto protoreflect.FileDescriptor
 const file_lattice_v1_peer_proto_rawDesc = "" +
 	"\n" +
 	"\x15lattice/v1/peer.proto\x12\n" +
-	"lattice.v1\";\n" +
+	"lattice.v1\"*\n" +
+	"\x0eProposeRequest\x12\x18\n" +
+	"\acommand\x18\x01 \x01(\fR\acommand\"=\n" +
+	"\x0fProposeResponse\x12\x14\n" +
+	"\x05index\x18\x01 \x01(\x04R\x05index\x12\x14\n" +
+	"\x05error\x18\x02 \x01(\tR\x05error\";\n" +
 	"\vReplicateUp\x12\x12\n" +
 	"\x04node\x18\x01 \x01(\tR\x04node\x12\x18\n" +
 	"\aapplied\x18\x02 \x01(\fR\aapplied\"]\n" +
@@ -426,10 +531,11 @@ const file_lattice_v1_peer_proto_rawDesc = "" +
 	"\x06entity\x18\x01 \x01(\tR\x06entity\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12\x1a\n" +
 	"\bregister\x18\x03 \x01(\tR\bregister\x12\x18\n" +
-	"\aversion\x18\x04 \x01(\fR\aversion2\x91\x01\n" +
+	"\aversion\x18\x04 \x01(\fR\aversion2\xd5\x01\n" +
 	"\x04Peer\x12C\n" +
 	"\tReplicate\x12\x17.lattice.v1.ReplicateUp\x1a\x19.lattice.v1.ReplicateDown(\x010\x01\x12D\n" +
-	"\bSnapshot\x12\x1b.lattice.v1.SnapshotRequest\x1a\x19.lattice.v1.SnapshotChunk0\x01B:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
+	"\bSnapshot\x12\x1b.lattice.v1.SnapshotRequest\x1a\x19.lattice.v1.SnapshotChunk0\x01\x12B\n" +
+	"\aPropose\x12\x1a.lattice.v1.ProposeRequest\x1a\x1b.lattice.v1.ProposeResponseB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
 
 var (
 	file_lattice_v1_peer_proto_rawDescOnce sync.Once
@@ -443,24 +549,28 @@ func file_lattice_v1_peer_proto_rawDescGZIP() []byte {
 	return file_lattice_v1_peer_proto_rawDescData
 }
 
-var file_lattice_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 6)
+var file_lattice_v1_peer_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
 var file_lattice_v1_peer_proto_goTypes = []any{
-	(*ReplicateUp)(nil),     // 0: lattice.v1.ReplicateUp
-	(*ReplicateDown)(nil),   // 1: lattice.v1.ReplicateDown
-	(*SnapshotRequest)(nil), // 2: lattice.v1.SnapshotRequest
-	(*SnapshotChunk)(nil),   // 3: lattice.v1.SnapshotChunk
-	(*SnapshotRecord)(nil),  // 4: lattice.v1.SnapshotRecord
-	(*SnapshotVersion)(nil), // 5: lattice.v1.SnapshotVersion
+	(*ProposeRequest)(nil),  // 0: lattice.v1.ProposeRequest
+	(*ProposeResponse)(nil), // 1: lattice.v1.ProposeResponse
+	(*ReplicateUp)(nil),     // 2: lattice.v1.ReplicateUp
+	(*ReplicateDown)(nil),   // 3: lattice.v1.ReplicateDown
+	(*SnapshotRequest)(nil), // 4: lattice.v1.SnapshotRequest
+	(*SnapshotChunk)(nil),   // 5: lattice.v1.SnapshotChunk
+	(*SnapshotRecord)(nil),  // 6: lattice.v1.SnapshotRecord
+	(*SnapshotVersion)(nil), // 7: lattice.v1.SnapshotVersion
 }
 var file_lattice_v1_peer_proto_depIdxs = []int32{
-	4, // 0: lattice.v1.SnapshotChunk.records:type_name -> lattice.v1.SnapshotRecord
-	5, // 1: lattice.v1.SnapshotChunk.history:type_name -> lattice.v1.SnapshotVersion
-	0, // 2: lattice.v1.Peer.Replicate:input_type -> lattice.v1.ReplicateUp
-	2, // 3: lattice.v1.Peer.Snapshot:input_type -> lattice.v1.SnapshotRequest
-	1, // 4: lattice.v1.Peer.Replicate:output_type -> lattice.v1.ReplicateDown
-	3, // 5: lattice.v1.Peer.Snapshot:output_type -> lattice.v1.SnapshotChunk
-	4, // [4:6] is the sub-list for method output_type
-	2, // [2:4] is the sub-list for method input_type
+	6, // 0: lattice.v1.SnapshotChunk.records:type_name -> lattice.v1.SnapshotRecord
+	7, // 1: lattice.v1.SnapshotChunk.history:type_name -> lattice.v1.SnapshotVersion
+	2, // 2: lattice.v1.Peer.Replicate:input_type -> lattice.v1.ReplicateUp
+	4, // 3: lattice.v1.Peer.Snapshot:input_type -> lattice.v1.SnapshotRequest
+	0, // 4: lattice.v1.Peer.Propose:input_type -> lattice.v1.ProposeRequest
+	3, // 5: lattice.v1.Peer.Replicate:output_type -> lattice.v1.ReplicateDown
+	5, // 6: lattice.v1.Peer.Snapshot:output_type -> lattice.v1.SnapshotChunk
+	1, // 7: lattice.v1.Peer.Propose:output_type -> lattice.v1.ProposeResponse
+	5, // [5:8] is the sub-list for method output_type
+	2, // [2:5] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
 	2, // [2:2] is the sub-list for extension extendee
 	0, // [0:2] is the sub-list for field type_name
@@ -477,7 +587,7 @@ func file_lattice_v1_peer_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lattice_v1_peer_proto_rawDesc), len(file_lattice_v1_peer_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   6,
+			NumMessages:   8,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

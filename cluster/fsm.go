@@ -1,0 +1,192 @@
+package cluster
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"sort"
+	"sync"
+
+	"github.com/hashicorp/raft"
+)
+
+// ErrStaleEpoch is returned when a connector checkpoint carries an epoch
+// other than the connector's current placement epoch: a stale owner.
+var ErrStaleEpoch = errors.New("stale connector epoch")
+
+// ConnectorSpec is a connector's configuration as stored in Raft.
+type ConnectorSpec struct {
+	Name string `json:"name"`
+	// Kind names the connector type, e.g. "postgres".
+	Kind string `json:"kind"`
+	// Config is the connector's own configuration (opaque here).
+	Config json.RawMessage `json:"config,omitempty"`
+}
+
+// Placement says which node runs a connector, and under which epoch.
+type Placement struct {
+	Node  string `json:"node"`
+	Epoch uint64 `json:"epoch"`
+}
+
+// Checkpoint is a connector's durable position (opaque here).
+type Checkpoint struct {
+	Epoch uint64 `json:"epoch"`
+	Data  []byte `json:"data"`
+}
+
+// State is the control-plane state replicated by Raft.
+type State struct {
+	// ConfigYAML is the entity configuration; ConfigIndex the Raft index
+	// that set it (0: none yet).
+	ConfigYAML  string                   `json:"config_yaml"`
+	ConfigName  string                   `json:"config_name"`
+	ConfigIndex uint64                   `json:"config_index"`
+	Connectors  map[string]ConnectorSpec `json:"connectors"`
+	Placement   map[string]Placement     `json:"placement"`
+	Checkpoints map[string]Checkpoint    `json:"checkpoints"`
+	// Removed lists nodes taken out of the cluster for good.
+	Removed map[string]bool `json:"removed"`
+}
+
+func newState() State {
+	return State{Connectors: map[string]ConnectorSpec{}, Placement: map[string]Placement{},
+		Checkpoints: map[string]Checkpoint{}, Removed: map[string]bool{}}
+}
+
+// command is one Raft log entry.
+type command struct {
+	Op         string          `json:"op"`
+	ConfigYAML string          `json:"config_yaml,omitempty"`
+	ConfigName string          `json:"config_name,omitempty"`
+	Connector  *ConnectorSpec  `json:"connector,omitempty"`
+	Name       string          `json:"name,omitempty"`
+	Node       string          `json:"node,omitempty"`
+	Epoch      uint64          `json:"epoch,omitempty"`
+	Data       []byte          `json:"data,omitempty"`
+}
+
+// fsm applies commands to State.
+//
+// Contract (hashicorp/raft): Apply is called on one goroutine, in log order,
+// on every node, and must be deterministic: it depends only on the state and
+// the entry. Raft may re-apply entries after a crash (from the last
+// snapshot), so every command is idempotent: setting a value to what it
+// already is changes nothing, and a placement or checkpoint names its epoch.
+// Reads (Snapshot of state for the API) take mu.
+type fsm struct {
+	mu       sync.Mutex
+	state    State
+	onConfig func(yaml, name string)
+}
+
+func (f *fsm) Apply(l *raft.Log) any {
+	var c command
+	if err := json.Unmarshal(l.Data, &c); err != nil {
+		return fmt.Errorf("corrupt raft command at index %d: %w", l.Index, err)
+	}
+	f.mu.Lock()
+	res, configChanged := f.apply(&c, l.Index)
+	yaml, name := f.state.ConfigYAML, f.state.ConfigName
+	f.mu.Unlock()
+	if configChanged && f.onConfig != nil {
+		f.onConfig(yaml, name)
+	}
+	return res
+}
+
+func (f *fsm) apply(c *command, index uint64) (res any, configChanged bool) {
+	s := &f.state
+	switch c.Op {
+	case "config":
+		s.ConfigYAML, s.ConfigName, s.ConfigIndex = c.ConfigYAML, c.ConfigName, index
+		return nil, true
+	case "connector_put":
+		if c.Connector == nil || c.Connector.Name == "" {
+			return errors.New("connector spec without a name"), false
+		}
+		s.Connectors[c.Connector.Name] = *c.Connector
+	case "connector_delete":
+		delete(s.Connectors, c.Name)
+		delete(s.Placement, c.Name)
+	case "place":
+		cur := s.Placement[c.Name]
+		if c.Epoch <= cur.Epoch {
+			return fmt.Errorf("%w: placement of %q at epoch %d, current %d", ErrStaleEpoch, c.Name, c.Epoch, cur.Epoch), false
+		}
+		s.Placement[c.Name] = Placement{Node: c.Node, Epoch: c.Epoch}
+	case "checkpoint":
+		cur, ok := s.Placement[c.Name]
+		if !ok || cur.Epoch != c.Epoch || cur.Node != c.Node {
+			return fmt.Errorf("%w: checkpoint of %q by %s at epoch %d, but it is placed on %s at epoch %d",
+				ErrStaleEpoch, c.Name, c.Node, c.Epoch, cur.Node, cur.Epoch), false
+		}
+		s.Checkpoints[c.Name] = Checkpoint{Epoch: c.Epoch, Data: c.Data}
+	case "remove_node":
+		s.Removed[c.Node] = true
+	case "readmit_node":
+		delete(s.Removed, c.Node)
+	default:
+		return fmt.Errorf("unknown raft command %q", c.Op), false
+	}
+	return nil, false
+}
+
+// read returns a deep copy of the state.
+func (f *fsm) read() State {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, _ := json.Marshal(f.state)
+	out := newState()
+	_ = json.Unmarshal(b, &out)
+	return out
+}
+
+func (f *fsm) Snapshot() (raft.FSMSnapshot, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	b, err := json.Marshal(f.state)
+	if err != nil {
+		return nil, err
+	}
+	return snapshot(b), nil
+}
+
+func (f *fsm) Restore(r io.ReadCloser) error {
+	defer r.Close()
+	st := newState()
+	if err := json.NewDecoder(r).Decode(&st); err != nil {
+		return fmt.Errorf("restore raft snapshot: %w", err)
+	}
+	f.mu.Lock()
+	f.state = st
+	yaml, name := st.ConfigYAML, st.ConfigName
+	f.mu.Unlock()
+	if yaml != "" && f.onConfig != nil {
+		f.onConfig(yaml, name)
+	}
+	return nil
+}
+
+type snapshot []byte
+
+func (s snapshot) Persist(sink raft.SnapshotSink) error {
+	if _, err := sink.Write(s); err != nil {
+		sink.Cancel()
+		return err
+	}
+	return sink.Close()
+}
+
+func (s snapshot) Release() {}
+
+// connectorNames returns the connector names in order.
+func (s *State) connectorNames() []string {
+	var out []string
+	for n := range s.Connectors {
+		out = append(out, n)
+	}
+	sort.Strings(out)
+	return out
+}

@@ -1,0 +1,138 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"sort"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	pb "github.com/lattice-sync/lattice/api/lattice/v1"
+	"github.com/lattice-sync/lattice/crdt"
+)
+
+// Version is the lattice build version reported by Status.
+var Version = "dev"
+
+// service implements lattice.v1.Cluster over a Node. Handlers are thin:
+// domain errors become gRPC status codes here.
+type service struct {
+	pb.UnimplementedClusterServer
+	n *Node
+}
+
+func (s *service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.StatusResponse, error) {
+	n := s.n
+	out := &pb.StatusResponse{NodeId: n.cfg.NodeID, Version: Version, Hlc: uint64(n.store.Clock().Last()),
+		Applied: &pb.VersionVector{Entries: n.store.Applied().Map()}, RaftLeader: n.Leader(),
+		Truncated: &pb.VersionVector{Entries: n.store.Truncated().Map()}}
+	if req.GetDigest() {
+		d, records, applied, err := n.store.Digest(ctx)
+		if err != nil {
+			return nil, status.Errorf(codes.Unavailable, "digest: %v", err)
+		}
+		out.Digest, out.Records = d, records
+		out.Applied = &pb.VersionVector{Entries: applied.Map()}
+	}
+	return out, nil
+}
+
+func (s *service) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.MembersResponse, error) {
+	n := s.n
+	members := n.members()
+	applied := n.store.Applied()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	out := &pb.MembersResponse{}
+	for _, m := range members {
+		pm := &pb.Member{Id: m.ID, GrpcAddr: m.GRPCAddr, GossipAddr: m.GossipAddr, RaftAddr: m.RaftAddr,
+			State: string(m.State), ClockRefusals: n.mu.refused[m.ID]}
+		n.mu.Unlock()
+		pm.RaftRole = n.raftRole(m.ID)
+		n.mu.Lock()
+		if m.ID == n.cfg.NodeID {
+			pm.Applied = &pb.VersionVector{Entries: applied.Map()}
+		} else {
+			acked := n.mu.acked[m.ID]
+			pm.Applied = &pb.VersionVector{Entries: n.mu.peerApp[m.ID].Map()}
+			pm.LagEntries = lag(applied, acked)
+			if pm.LagEntries > 0 {
+				if at, ok := n.mu.ackAt[m.ID]; ok {
+					pm.LagSeconds = time.Since(at).Seconds()
+				}
+			}
+		}
+		out.Members = append(out.Members, pm)
+	}
+	sort.Slice(out.Members, func(i, j int) bool { return out.Members[i].Id < out.Members[j].Id })
+	return out, nil
+}
+
+// lag counts the edits applied here that a peer has not acknowledged.
+func lag(applied, acked crdt.VV) uint64 {
+	var n uint64
+	for _, e := range applied {
+		if a := acked.Get(e.Node); a < e.Seq {
+			n += e.Seq - a
+		}
+	}
+	return n
+}
+
+func (s *service) ApplyConfig(ctx context.Context, req *pb.ApplyConfigRequest) (*pb.ApplyConfigResponse, error) {
+	name := req.GetFilename()
+	if name == "" {
+		name = "config"
+	}
+	idx, schema, err := s.n.ApplyConfigYAML(ctx, name, req.GetYaml())
+	if schema == nil && err != nil {
+		return nil, status.Error(codes.InvalidArgument, err.Error())
+	}
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &pb.ApplyConfigResponse{Index: idx}
+	for _, e := range schema.Entities {
+		out.Entities = append(out.Entities, e.Name)
+	}
+	return out, nil
+}
+
+func (s *service) RemoveMember(ctx context.Context, req *pb.RemoveMemberRequest) (*pb.RemoveMemberResponse, error) {
+	id := req.GetNode()
+	if id == "" {
+		return nil, status.Error(codes.InvalidArgument, "node is required")
+	}
+	if !known(s.n.members(), id) {
+		return nil, status.Errorf(codes.NotFound, "no member %q (see lattice members)", id)
+	}
+	if err := s.n.removeServer(ctx, id); err != nil {
+		return nil, toStatus(err)
+	}
+	return &pb.RemoveMemberResponse{}, nil
+}
+
+func (s *service) Leave(ctx context.Context, _ *pb.LeaveRequest) (*pb.LeaveResponse, error) {
+	if s.n.cfg.OnLeave == nil {
+		return nil, status.Error(codes.Unimplemented, "this node cannot be asked to leave")
+	}
+	if err := s.n.removeServer(ctx, s.n.cfg.NodeID); err != nil {
+		return nil, toStatus(err)
+	}
+	go s.n.cfg.OnLeave()
+	return &pb.LeaveResponse{}, nil
+}
+
+func toStatus(err error) error {
+	switch {
+	case errors.Is(err, ErrNoLeader):
+		return status.Error(codes.Unavailable, err.Error())
+	case errors.Is(err, ErrStaleEpoch):
+		return status.Error(codes.FailedPrecondition, err.Error())
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, err.Error())
+	}
+	return status.Error(codes.Unavailable, err.Error())
+}
