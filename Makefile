@@ -16,7 +16,6 @@ build: ## build bin/lattice
 
 .PHONY: run
 run: build ## build and start a local three-node cluster on 127.0.0.1:7101-7103 (quickstart config); Ctrl-C stops
-	
 	$(BIN) dev --nodes 3 --config cmd/lattice/quickstart.yaml
 
 .PHONY: test

@@ -15,6 +15,7 @@ import (
 	"github.com/hashicorp/raft"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/keepalive"
 
 	pb "github.com/lattice-sync/lattice/api/lattice/v1"
 	"github.com/lattice-sync/lattice/crdt"
@@ -155,7 +156,9 @@ func (n *Node) conn(addr string) (*grpc.ClientConn, error) {
 		return d.DialContext(ctx, "tcp", a)
 	}
 	c, err := grpc.NewClient("passthrough:///"+addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithContextDialer(dial))
+		grpc.WithContextDialer(dial),
+		// A partition stalls TCP rather than resetting it: pings find out.
+		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: time.Second, Timeout: time.Second, PermitWithoutStream: true}))
 	if err != nil {
 		return nil, err
 	}

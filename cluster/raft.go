@@ -316,7 +316,50 @@ func (n *Node) leaderDuties(deadSince map[string]time.Time) {
 			}
 		}
 	}
+	n.syncConnectors(&st)
 	n.placeConnectors(st, alive)
+}
+
+// syncConnectors makes the connector specs in Raft match the connectors the
+// committed configuration declares.
+func (n *Node) syncConnectors(st *State) {
+	if st.ConfigYAML == "" {
+		return
+	}
+	schema, err := crdt.ParseSchema(st.ConfigName, []byte(st.ConfigYAML))
+	if err != nil {
+		return
+	}
+	want := map[string]ConnectorSpec{}
+	for _, c := range schema.Connectors {
+		raw, err := json.Marshal(c.Config)
+		if err != nil {
+			n.log.Warn("connector config does not encode as JSON", "connector", c.Name, "err", err)
+			continue
+		}
+		want[c.Name] = ConnectorSpec{Name: c.Name, Kind: c.Kind, Config: raw}
+	}
+	for name, spec := range want {
+		if cur, ok := st.Connectors[name]; ok && cur.Kind == spec.Kind && string(cur.Config) == string(spec.Config) {
+			continue
+		}
+		if _, err := n.applyLocal(mustJSON(command{Op: "connector_put", Connector: &spec})); err != nil {
+			n.log.Warn("store connector spec", "connector", name, "err", err)
+			continue
+		}
+		st.Connectors[name] = spec
+	}
+	for name := range st.Connectors {
+		if _, ok := want[name]; ok {
+			continue
+		}
+		if _, err := n.applyLocal(mustJSON(command{Op: "connector_delete", Name: name})); err != nil {
+			n.log.Warn("delete connector spec", "connector", name, "err", err)
+			continue
+		}
+		delete(st.Connectors, name)
+		delete(st.Placement, name)
+	}
 }
 
 func known(ms []memberInfo, id string) bool {

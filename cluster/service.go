@@ -28,6 +28,11 @@ func (s *service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 	out := &pb.StatusResponse{NodeId: n.cfg.NodeID, Version: Version, Hlc: uint64(n.store.Clock().Last()),
 		Applied: &pb.VersionVector{Entries: n.store.Applied().Map()}, RaftLeader: n.Leader(),
 		Truncated: &pb.VersionVector{Entries: n.store.Truncated().Map()}}
+	st := n.fsm.read()
+	for _, name := range st.connectorNames() {
+		p := st.Placement[name]
+		out.Connectors = append(out.Connectors, &pb.ConnectorPlacement{Name: name, Kind: st.Connectors[name].Kind, Node: p.Node, Epoch: p.Epoch})
+	}
 	if req.GetDigest() {
 		d, records, applied, err := n.store.Digest(ctx)
 		if err != nil {

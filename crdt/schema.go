@@ -109,7 +109,18 @@ type Entity struct {
 	Retention time.Duration
 }
 
-// Schema is the set of entities a cluster syncs.
+// Schema is the set of entities a cluster syncs, and the connectors that
+// link external systems to them.
 type Schema struct {
-	Entities []Entity
+	Entities   []Entity
+	Connectors []ConnectorDecl
+}
+
+// ConnectorDecl declares a connector. Its Config (the whole YAML mapping,
+// kind included) is validated by the connector's own package.
+type ConnectorDecl struct {
+	Name   string
+	Kind   string
+	Line   int
+	Config map[string]any
 }

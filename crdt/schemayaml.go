@@ -594,9 +594,48 @@ func (p *schemaParser) parseRoot(n *yaml.Node, s *Schema, pos *schemaPos) {
 		case "entities":
 			pos.root = kv.line
 			p.parseEntities(kv.value, s, pos)
+		case "connectors":
+			p.parseConnectors(kv.value, s)
 		default:
-			p.errs.add(kv.line, "", "unknown key %q", kv.key)
+			p.errs.add(kv.line, "", "unknown key %q (want entities or connectors)", kv.key)
 		}
+	}
+}
+
+// parseConnectors reads connector declarations: a mapping of name to a
+// mapping with at least "kind". The rest of each declaration belongs to the
+// connector's own package, which validates it.
+func (p *schemaParser) parseConnectors(n *yaml.Node, s *Schema) {
+	n = p.resolve(n)
+	if isNull(n) {
+		return
+	}
+	if n.Kind != yaml.MappingNode {
+		p.errs.add(n.Line, "connectors", "expected a mapping of connector name to definition, got %s", describe(n))
+		return
+	}
+	for _, kv := range p.pairs(n, "connectors", false) {
+		path := fmt.Sprintf("connector %q", kv.key)
+		if !schemaNameRE.MatchString(kv.key) {
+			p.errs.add(kv.line, path, "invalid name: use lowercase letters, digits and _, starting with a letter")
+			continue
+		}
+		v := p.resolve(kv.value)
+		if v.Kind != yaml.MappingNode {
+			p.errs.add(kv.line, path, "expected a mapping with at least \"kind\", got %s", describe(v))
+			continue
+		}
+		var cfg map[string]any
+		if err := v.Decode(&cfg); err != nil {
+			p.errs.add(kv.line, path, "%v", err)
+			continue
+		}
+		kind, _ := cfg["kind"].(string)
+		if kind == "" {
+			p.errs.add(kv.line, path, "\"kind\" is required (e.g. kind: postgres)")
+			continue
+		}
+		s.Connectors = append(s.Connectors, ConnectorDecl{Name: kv.key, Kind: kind, Line: kv.line, Config: cfg})
 	}
 }
 

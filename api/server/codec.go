@@ -3,10 +3,12 @@ package server
 import (
 	"context"
 	"sync"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/encoding"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/status"
 )
@@ -24,6 +26,8 @@ import (
 func ServerOptions(unary ...grpc.UnaryServerInterceptor) []grpc.ServerOption {
 	return []grpc.ServerOption{
 		grpc.ForceServerCodecV2(&lenientCodec{inner: encoding.GetCodecV2("proto")}),
+		// Peers ping idle streams every second to notice a dead link quickly.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 500 * time.Millisecond, PermitWithoutStream: true}),
 		grpc.ChainUnaryInterceptor(append([]grpc.UnaryServerInterceptor{refuseUndecodable}, unary...)...),
 		grpc.ChainStreamInterceptor(refuseUndecodableStream),
 	}

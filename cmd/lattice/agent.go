@@ -34,6 +34,8 @@ type agentFlags struct {
 	raftAddr   string
 	join       []string
 	deadGrace  time.Duration
+	truncEvery time.Duration
+	truncKeep  uint64
 	nodeID    string
 	dataDir   string
 	grpcAddr  string
@@ -67,6 +69,8 @@ acknowledged is lost.`,
 	fl.StringVar(&f.raftAddr, "raft-addr", "127.0.0.1:7401", "Raft listen address")
 	fl.StringSliceVar(&f.join, "join", nil, "gossip address of a member to join (repeatable); without it the node starts a new cluster")
 	fl.DurationVar(&f.deadGrace, "dead-grace", 30*time.Second, "how long a member may be dead before it is dropped from the Raft voters")
+	fl.DurationVar(&f.truncEvery, "truncate-interval", 10*time.Second, "how often op-log entries every member holds are truncated (0 disables)")
+	fl.Uint64Var(&f.truncKeep, "truncate-keep", 10000, "newest op-log entries kept per origin even when every member holds them")
 	fl.StringVar(&f.config, "config", "", "entity configuration (YAML); default: the built-in quickstart (entity contact)")
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fl.DurationVar(&f.maxOffset, "max-offset", crdt.DefaultMaxOffset, "largest clock skew accepted from peers and sources")
@@ -151,6 +155,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	ccfg.NodeID, ccfg.GRPCAddr, ccfg.GossipAddr, ccfg.RaftAddr = f.nodeID, f.grpcAddr, f.gossipAddr, f.raftAddr
 	ccfg.Join, ccfg.DataDir, ccfg.Store, ccfg.Logger, ccfg.Metrics = f.join, filepath.Join(dir, "raft"), store, log, m
 	ccfg.Schema, ccfg.SchemaYAML, ccfg.DeadGrace = schema, schemaYAML, f.deadGrace
+	ccfg.TruncateInterval, ccfg.TruncateKeep = f.truncEvery, f.truncKeep
 	ccfg.OnSchema = func(s *crdt.Schema) {
 		if records != nil {
 			if err := records.SetSchema(s); err != nil {
@@ -167,8 +172,8 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	if err != nil {
 		return err
 	}
-	defer func() {
-		// After gRPC drained: leave gracefully if asked, else just stop.
+	stopNode := func() {
+		// Leave gracefully if asked, else just stop (a restart resumes).
 		var err error
 		if leaving {
 			err = node.LeaveCluster(context.Background())
@@ -177,6 +182,12 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 		}
 		if err != nil {
 			log.Warn("stop cluster node", "err", err)
+		}
+	}
+	nodeStopped := false
+	defer func() {
+		if !nodeStopped {
+			stopNode()
 		}
 	}()
 	log.Info("cluster node started", "gossip", f.gossipAddr, "raft", f.raftAddr, "join", f.join)
@@ -244,14 +255,19 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 		log.Error("HTTP server stopped", "err", err)
 	}
 
-	// Stop in reverse order: stop advertising, drain gRPC, stop HTTP and pruning.
+	// Stop in reverse order: stop advertising; stop the cluster node, which
+	// ends the replication streams and write-concern waits; drain the gRPC
+	// requests in flight (long-lived watch streams are cut after a short
+	// grace); stop HTTP and pruning; the store closes last (deferred).
 	hs.Shutdown()
+	stopNode()
+	nodeStopped = true
 	stopped := make(chan struct{})
 	go func() { gs.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(10 * time.Second):
-		log.Warn("gRPC drain timed out; closing remaining streams")
+	case <-time.After(3 * time.Second):
+		log.Info("closing remaining streams (watchers resume from their cursor)")
 		gs.Stop()
 	}
 	if hsrv != nil {

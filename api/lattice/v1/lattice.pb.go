@@ -1978,7 +1978,9 @@ type StatusResponse struct {
 	// raft_leader is the id of the Raft leader as this node knows it.
 	RaftLeader string `protobuf:"bytes,7,opt,name=raft_leader,json=raftLeader,proto3" json:"raft_leader,omitempty"`
 	// truncated is the op-log truncation vector.
-	Truncated     *VersionVector `protobuf:"bytes,8,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	Truncated *VersionVector `protobuf:"bytes,8,opt,name=truncated,proto3" json:"truncated,omitempty"`
+	// connectors lists the configured connectors and where they run.
+	Connectors    []*ConnectorPlacement `protobuf:"bytes,9,rep,name=connectors,proto3" json:"connectors,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2069,6 +2071,87 @@ func (x *StatusResponse) GetTruncated() *VersionVector {
 	return nil
 }
 
+func (x *StatusResponse) GetConnectors() []*ConnectorPlacement {
+	if x != nil {
+		return x.Connectors
+	}
+	return nil
+}
+
+// ConnectorPlacement says which node runs a connector.
+type ConnectorPlacement struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// name is the connector's name.
+	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// kind is the connector type, e.g. "postgres".
+	Kind string `protobuf:"bytes,2,opt,name=kind,proto3" json:"kind,omitempty"`
+	// node is the node the Raft leader placed it on ("" if unplaced).
+	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
+	// epoch increases every time the connector moves; checkpoints written
+	// with an older epoch are refused.
+	Epoch         uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorPlacement) Reset() {
+	*x = ConnectorPlacement{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorPlacement) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorPlacement) ProtoMessage() {}
+
+func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorPlacement.ProtoReflect.Descriptor instead.
+func (*ConnectorPlacement) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ConnectorPlacement) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ConnectorPlacement) GetKind() string {
+	if x != nil {
+		return x.Kind
+	}
+	return ""
+}
+
+func (x *ConnectorPlacement) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ConnectorPlacement) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 // MembersRequest has no parameters.
 type MembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2078,7 +2161,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2090,7 +2173,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2103,7 +2186,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
 }
 
 // MembersResponse lists cluster members.
@@ -2117,7 +2200,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2129,7 +2212,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2142,7 +2225,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -2184,7 +2267,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2196,7 +2279,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2209,7 +2292,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *Member) GetId() string {
@@ -2417,7 +2500,7 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\fLeaveRequest\"\x0f\n" +
 	"\rLeaveResponse\"'\n" +
 	"\rStatusRequest\x12\x16\n" +
-	"\x06digest\x18\x01 \x01(\bR\x06digest\"\x96\x02\n" +
+	"\x06digest\x18\x01 \x01(\bR\x06digest\"\xd6\x02\n" +
 	"\x0eStatusResponse\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x18\n" +
@@ -2427,7 +2510,15 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x06digest\x18\x06 \x01(\tR\x06digest\x12\x1f\n" +
 	"\vraft_leader\x18\a \x01(\tR\n" +
 	"raftLeader\x127\n" +
-	"\ttruncated\x18\b \x01(\v2\x19.lattice.v1.VersionVectorR\ttruncated\"\x10\n" +
+	"\ttruncated\x18\b \x01(\v2\x19.lattice.v1.VersionVectorR\ttruncated\x12>\n" +
+	"\n" +
+	"connectors\x18\t \x03(\v2\x1e.lattice.v1.ConnectorPlacementR\n" +
+	"connectors\"f\n" +
+	"\x12ConnectorPlacement\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
+	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
+	"\x04node\x18\x03 \x01(\tR\x04node\x12\x14\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\x10\n" +
 	"\x0eMembersRequest\"?\n" +
 	"\x0fMembersResponse\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.lattice.v1.MemberR\amembers\"\xc4\x02\n" +
@@ -2481,7 +2572,7 @@ func file_lattice_v1_lattice_proto_rawDescGZIP() []byte {
 }
 
 var file_lattice_v1_lattice_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_lattice_v1_lattice_proto_goTypes = []any{
 	(Fate)(0),                     // 0: lattice.v1.Fate
 	(*Value)(nil),                 // 1: lattice.v1.Value
@@ -2512,20 +2603,21 @@ var file_lattice_v1_lattice_proto_goTypes = []any{
 	(*LeaveResponse)(nil),         // 26: lattice.v1.LeaveResponse
 	(*StatusRequest)(nil),         // 27: lattice.v1.StatusRequest
 	(*StatusResponse)(nil),        // 28: lattice.v1.StatusResponse
-	(*MembersRequest)(nil),        // 29: lattice.v1.MembersRequest
-	(*MembersResponse)(nil),       // 30: lattice.v1.MembersResponse
-	(*Member)(nil),                // 31: lattice.v1.Member
-	nil,                           // 32: lattice.v1.VersionVector.EntriesEntry
-	nil,                           // 33: lattice.v1.PutRequest.FieldsEntry
-	(structpb.NullValue)(0),       // 34: google.protobuf.NullValue
-	(*timestamppb.Timestamp)(nil), // 35: google.protobuf.Timestamp
+	(*ConnectorPlacement)(nil),    // 29: lattice.v1.ConnectorPlacement
+	(*MembersRequest)(nil),        // 30: lattice.v1.MembersRequest
+	(*MembersResponse)(nil),       // 31: lattice.v1.MembersResponse
+	(*Member)(nil),                // 32: lattice.v1.Member
+	nil,                           // 33: lattice.v1.VersionVector.EntriesEntry
+	nil,                           // 34: lattice.v1.PutRequest.FieldsEntry
+	(structpb.NullValue)(0),       // 35: google.protobuf.NullValue
+	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
 }
 var file_lattice_v1_lattice_proto_depIdxs = []int32{
-	34, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
-	35, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
-	32, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
+	35, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
+	36, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
+	33, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
 	1,  // 3: lattice.v1.Version.value:type_name -> lattice.v1.Value
-	35, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
+	36, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
 	2,  // 5: lattice.v1.Version.dot:type_name -> lattice.v1.Dot
 	3,  // 6: lattice.v1.Version.context:type_name -> lattice.v1.VersionVector
 	1,  // 7: lattice.v1.FieldState.value:type_name -> lattice.v1.Value
@@ -2534,7 +2626,7 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	5,  // 10: lattice.v1.Record.fields:type_name -> lattice.v1.FieldState
 	6,  // 11: lattice.v1.BatchGetResponse.records:type_name -> lattice.v1.Record
 	6,  // 12: lattice.v1.ListResponse.records:type_name -> lattice.v1.Record
-	33, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
+	34, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
 	2,  // 14: lattice.v1.PutResponse.dot:type_name -> lattice.v1.Dot
 	6,  // 15: lattice.v1.PutResponse.record:type_name -> lattice.v1.Record
 	1,  // 16: lattice.v1.ResolveRequest.value:type_name -> lattice.v1.Value
@@ -2545,40 +2637,41 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	6,  // 21: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
 	3,  // 22: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
 	3,  // 23: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
-	31, // 24: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
-	3,  // 25: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
-	1,  // 26: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
-	7,  // 27: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
-	8,  // 28: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
-	10, // 29: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
-	12, // 30: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
-	14, // 31: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
-	15, // 32: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
-	16, // 33: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
-	19, // 34: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
-	27, // 35: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
-	29, // 36: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
-	21, // 37: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
-	23, // 38: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
-	25, // 39: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
-	6,  // 40: lattice.v1.Records.Get:output_type -> lattice.v1.Record
-	9,  // 41: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
-	11, // 42: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
-	13, // 43: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
-	13, // 44: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
-	13, // 45: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
-	17, // 46: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
-	20, // 47: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
-	28, // 48: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
-	30, // 49: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
-	22, // 50: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
-	24, // 51: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
-	26, // 52: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
-	40, // [40:53] is the sub-list for method output_type
-	27, // [27:40] is the sub-list for method input_type
-	27, // [27:27] is the sub-list for extension type_name
-	27, // [27:27] is the sub-list for extension extendee
-	0,  // [0:27] is the sub-list for field type_name
+	29, // 24: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
+	32, // 25: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
+	3,  // 26: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
+	1,  // 27: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
+	7,  // 28: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
+	8,  // 29: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
+	10, // 30: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
+	12, // 31: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
+	14, // 32: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
+	15, // 33: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
+	16, // 34: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
+	19, // 35: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
+	27, // 36: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
+	30, // 37: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
+	21, // 38: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
+	23, // 39: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
+	25, // 40: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
+	6,  // 41: lattice.v1.Records.Get:output_type -> lattice.v1.Record
+	9,  // 42: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
+	11, // 43: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
+	13, // 44: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
+	13, // 45: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
+	13, // 46: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
+	17, // 47: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
+	20, // 48: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
+	28, // 49: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
+	31, // 50: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
+	22, // 51: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
+	24, // 52: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
+	26, // 53: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
+	41, // [41:54] is the sub-list for method output_type
+	28, // [28:41] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_lattice_v1_lattice_proto_init() }
@@ -2603,7 +2696,7 @@ func file_lattice_v1_lattice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lattice_v1_lattice_proto_rawDesc), len(file_lattice_v1_lattice_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   33,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
