@@ -18,8 +18,13 @@ build: ## build bin/lattice
 run: build ## build and start a local three-node cluster on 127.0.0.1:7101-7103 (quickstart config); Ctrl-C stops
 	$(BIN) dev --nodes 3 --config cmd/lattice/quickstart.yaml
 
+.PHONY: deps
+deps: ## install what the tests need from Debian when missing (iptables for partition tests)
+	@command -v iptables >/dev/null || { echo "installing iptables (partition tests)"; \
+		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
+
 .PHONY: test
-test: verify-generate ## run every test with -race (installs what the tests need)
+test: deps verify-generate ## run every test with -race (installs what the tests need)
 	$(GO) vet $(PKGS)
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 

@@ -84,6 +84,7 @@ func (n *Node) installSnapshot(ctx context.Context, peer, addr string) error {
 			k := h.GetEntity() + "\x00" + h.GetId()
 			hist[k] = append(hist[k], storage.HistoryEntry{Register: h.GetRegister(), Version: h.GetVersion()})
 		}
+		batch := make([]storage.MergeRecord, 0, len(c.GetRecords()))
 		for _, r := range c.GetRecords() {
 			rec, err := crdt.DecodeRecord(r.GetState())
 			if err != nil {
@@ -92,11 +93,13 @@ func (n *Node) installSnapshot(ctx context.Context, peer, addr string) error {
 			if err := crdt.CheckID(r.GetId()); err != nil {
 				return fmt.Errorf("snapshot from %s: %w", peer, err)
 			}
-			if err := n.store.MergeRecord(ctx, r.GetEntity(), r.GetId(), rec, hist[r.GetEntity()+"\x00"+r.GetId()]); err != nil {
-				return err
-			}
-			records++
+			batch = append(batch, storage.MergeRecord{Entity: r.GetEntity(), ID: r.GetId(), State: rec,
+				History: hist[r.GetEntity()+"\x00"+r.GetId()]})
 		}
+		if err := n.store.MergeRecords(ctx, batch); err != nil {
+			return err
+		}
+		records += len(batch)
 		if c.GetDone() {
 			vv, err := crdt.DecodeVV(c.GetApplied())
 			if err != nil {

@@ -175,21 +175,50 @@ type mergeOp struct {
 	registers  []string
 }
 
-// MergeRecord merges a record state (and superseded versions) from a
-// snapshot into the store. It does not advance the applied vector; call
-// AdvanceApplied with the snapshot's vector once every record is merged.
-func (s *Store) MergeRecord(ctx context.Context, entity, id string, state *crdt.Record, history []HistoryEntry) error {
-	m := &mergeOp{entity: entity, id: id, state: state}
-	for _, h := range history {
-		v, err := crdt.DecodeVersion(h.Version)
-		if err != nil {
-			return fmt.Errorf("snapshot history of %s/%s: %w", entity, id, err)
+// MergeRecord is one record of a snapshot: its state and superseded versions.
+type MergeRecord struct {
+	Entity, ID string
+	State      *crdt.Record
+	History    []HistoryEntry
+}
+
+// MergeRecords merges record states (and superseded versions) from a
+// snapshot into the store, queuing all of them before waiting so they share
+// fsyncs. It does not advance the applied vector; call AdvanceApplied with
+// the snapshot's vector once every record is merged.
+func (s *Store) MergeRecords(ctx context.Context, recs []MergeRecord) error {
+	ops := make([]*op, 0, len(recs))
+	for _, r := range recs {
+		m := &mergeOp{entity: r.Entity, id: r.ID, state: r.State}
+		for _, h := range r.History {
+			v, err := crdt.DecodeVersion(h.Version)
+			if err != nil {
+				return fmt.Errorf("snapshot history of %s/%s: %w", r.Entity, r.ID, err)
+			}
+			m.history = append(m.history, v)
+			m.registers = append(m.registers, h.Register)
 		}
-		m.history = append(m.history, v)
-		m.registers = append(m.registers, h.Register)
+		o := &op{merge: m, done: make(chan struct{})}
+		select {
+		case s.reqs <- o:
+			ops = append(ops, o)
+		case <-s.stop:
+			return ErrClosed
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
-	_, err := s.submit(ctx, &op{merge: m})
-	return err
+	for _, o := range ops {
+		select {
+		case <-o.done:
+			if o.err != nil {
+				return o.err
+			}
+		case <-s.stopped:
+			return ErrClosed
+		}
+	}
+	return nil
 }
 
 func (s *Store) stageMerge(st *batchState, o *op) {
