@@ -57,14 +57,14 @@ func newState() State {
 
 // command is one Raft log entry.
 type command struct {
-	Op         string          `json:"op"`
-	ConfigYAML string          `json:"config_yaml,omitempty"`
-	ConfigName string          `json:"config_name,omitempty"`
-	Connector  *ConnectorSpec  `json:"connector,omitempty"`
-	Name       string          `json:"name,omitempty"`
-	Node       string          `json:"node,omitempty"`
-	Epoch      uint64          `json:"epoch,omitempty"`
-	Data       []byte          `json:"data,omitempty"`
+	Op         string         `json:"op"`
+	ConfigYAML string         `json:"config_yaml,omitempty"`
+	ConfigName string         `json:"config_name,omitempty"`
+	Connector  *ConnectorSpec `json:"connector,omitempty"`
+	Name       string         `json:"name,omitempty"`
+	Node       string         `json:"node,omitempty"`
+	Epoch      uint64         `json:"epoch,omitempty"`
+	Data       []byte         `json:"data,omitempty"`
 }
 
 // fsm applies commands to State.

@@ -131,5 +131,3 @@ func (m *memSink) Read(p []byte) (int, error) {
 	m.off += n
 	return n, nil
 }
-
-

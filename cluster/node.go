@@ -28,7 +28,6 @@ import (
 type Node struct {
 	pb.UnimplementedPeerServer
 
-
 	cfg    Config
 	log    *slog.Logger
 	store  *storage.Store
@@ -48,13 +47,13 @@ type Node struct {
 
 	mu struct {
 		sync.Mutex
-		seen    map[string]memberInfo     // every member ever seen, by id
-		left    map[string]bool           // members that left gracefully
-		pullers map[string]*puller        // replication from each peer, by id
-		acked   map[string]crdt.VV        // what each peer acknowledged having applied
-		ackAt   map[string]time.Time      // when each peer last acknowledged
-		peerApp map[string]crdt.VV        // each peer's applied vector as it reports it
-		refused map[string]uint64         // edits refused for clock offset, by origin
+		seen    map[string]memberInfo       // every member ever seen, by id
+		left    map[string]bool             // members that left gracefully
+		pullers map[string]*puller          // replication from each peer, by id
+		acked   map[string]crdt.VV          // what each peer acknowledged having applied
+		ackAt   map[string]time.Time        // when each peer last acknowledged
+		peerApp map[string]crdt.VV          // each peer's applied vector as it reports it
+		refused map[string]uint64           // edits refused for clock offset, by origin
 		conns   map[string]*grpc.ClientConn // by gRPC address
 	}
 }

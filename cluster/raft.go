@@ -442,4 +442,3 @@ func (n *Node) raftRole(id string) string {
 	}
 	return "none"
 }
-

@@ -39,7 +39,7 @@ var undecodable sync.Map
 type lenientCodec struct{ inner encoding.CodecV2 }
 
 func (c *lenientCodec) Marshal(v any) (mem.BufferSlice, error) { return c.inner.Marshal(v) }
-func (c *lenientCodec) Name() string                          { return c.inner.Name() }
+func (c *lenientCodec) Name() string                           { return c.inner.Name() }
 
 func (c *lenientCodec) Unmarshal(data mem.BufferSlice, v any) error {
 	if err := c.inner.Unmarshal(data, v); err != nil {

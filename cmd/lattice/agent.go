@@ -36,14 +36,14 @@ type agentFlags struct {
 	deadGrace  time.Duration
 	truncEvery time.Duration
 	truncKeep  uint64
-	nodeID    string
-	dataDir   string
-	grpcAddr  string
-	httpAddr  string
-	config    string
-	logLevel  string
-	maxOffset time.Duration
-	prune     time.Duration
+	nodeID     string
+	dataDir    string
+	grpcAddr   string
+	httpAddr   string
+	config     string
+	logLevel   string
+	maxOffset  time.Duration
+	prune      time.Duration
 }
 
 func newAgentCmd() *cobra.Command {
@@ -113,6 +113,20 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 		return err
 	}
 	log.Info("configuration loaded", "source", source, "entities", len(schema.Entities))
+
+	// Listeners first, so a busy port fails before anything starts.
+	lis, err := net.Listen("tcp", f.grpcAddr)
+	if err != nil {
+		return fmt.Errorf("listen on --grpc-addr %s: %w (is another lattice running? pick another port)", f.grpcAddr, err)
+	}
+	defer lis.Close()
+	var hl net.Listener
+	if f.httpAddr != "" {
+		if hl, err = net.Listen("tcp", f.httpAddr); err != nil {
+			return fmt.Errorf("listen on --http-addr %s: %w (pick another port, or pass --http-addr '' to disable)", f.httpAddr, err)
+		}
+		defer hl.Close()
+	}
 
 	// Metrics registry, shared by the store observer and /metrics.
 	reg := prometheus.NewRegistry()
@@ -197,10 +211,6 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	if err != nil {
 		return err
 	}
-	lis, err := net.Listen("tcp", f.grpcAddr)
-	if err != nil {
-		return fmt.Errorf("listen on --grpc-addr %s: %w (is another lattice running? pick another port)", f.grpcAddr, err)
-	}
 	gs := grpc.NewServer(server.ServerOptions(m.unaryInterceptor)...)
 	records.Register(gs)
 	node.Register(gs)
@@ -227,11 +237,6 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 			}
 			fmt.Fprintln(w, "ready")
 		})
-		hl, err := net.Listen("tcp", f.httpAddr)
-		if err != nil {
-			gs.Stop()
-			return fmt.Errorf("listen on --http-addr %s: %w (pick another port, or pass --http-addr '' to disable)", f.httpAddr, err)
-		}
 		hsrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { httpDone <- hsrv.Serve(hl) }()
 		log.Info("HTTP listening", "addr", hl.Addr().String(), "paths", "/metrics /healthz /readyz")

@@ -64,7 +64,7 @@ func startAgent(t testing.TB, dir string, extra ...string) *agent {
 	a := &agent{addr: freeAddr(t), haddr: freeAddr(t), done: make(chan error, 1), log: &syncBuffer{}}
 	ctx, cancel := context.WithCancel(context.Background())
 	a.cancel = cancel
-	args := append([]string{"agent", "--node-id", "n1", "--data-dir", dir, "--grpc-addr", a.addr, "--http-addr", a.haddr,
+	args := append([]string{"agent", "--node-id", "n1", "--data-dir", dir, "--gossip-addr", freeAddr(t), "--raft-addr", freeAddr(t), "--grpc-addr", a.addr, "--http-addr", a.haddr,
 		"--config", "quickstart.yaml"}, extra...)
 	var out syncBuffer
 	go func() { a.done <- run(ctx, args, &out, a.log) }()
@@ -329,7 +329,7 @@ func TestAgentBadConfig(t *testing.T) {
 			var out, errOut bytes.Buffer
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
-			err := run(ctx, []string{"agent", "--node-id", "n1", "--data-dir", dir, "--grpc-addr", freeAddr(t), "--http-addr", "",
+			err := run(ctx, []string{"agent", "--node-id", "n1", "--data-dir", dir, "--gossip-addr", freeAddr(t), "--raft-addr", freeAddr(t), "--grpc-addr", freeAddr(t), "--http-addr", "",
 				"--config", path}, &out, &errOut)
 			if err == nil || !tc.want.MatchString(err.Error()) {
 				t.Errorf("agent with %s: %v, want an error matching %s", tc.name, err, tc.want)
@@ -351,7 +351,7 @@ func TestAgentPortInUse(t *testing.T) {
 	defer busy.Close()
 	for _, flag := range []string{"--grpc-addr", "--http-addr"} {
 		t.Run(flag, func(t *testing.T) {
-			args := []string{"agent", "--node-id", "n1", "--data-dir", t.TempDir(), "--config", "quickstart.yaml",
+			args := []string{"agent", "--node-id", "n1", "--data-dir", t.TempDir(), "--config", "quickstart.yaml", "--gossip-addr", freeAddr(t), "--raft-addr", freeAddr(t),
 				"--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t), flag, busy.Addr().String()}
 			done := make(chan error, 1)
 			ctx, cancel := context.WithCancel(context.Background())
@@ -378,7 +378,7 @@ func TestAgentOtherNodesDataDir(t *testing.T) {
 	if err := a.stop(t); err != nil {
 		t.Fatal(err)
 	}
-	err := run(context.Background(), []string{"agent", "--node-id", "n2", "--data-dir", dir, "--grpc-addr", freeAddr(t),
+	err := run(context.Background(), []string{"agent", "--node-id", "n2", "--data-dir", dir, "--gossip-addr", freeAddr(t), "--raft-addr", freeAddr(t), "--grpc-addr", freeAddr(t),
 		"--http-addr", "", "--config", "quickstart.yaml"}, io.Discard, io.Discard)
 	if err == nil || !strings.Contains(err.Error(), "pass --node-id n1") {
 		t.Errorf("agent n2 on n1's data directory: %v", err)

@@ -1,7 +1,9 @@
 package main
 
 import (
+	"bytes"
 	"encoding/base64"
+	"encoding/json"
 	"fmt"
 	"io"
 	"sort"
@@ -15,13 +17,29 @@ import (
 	pb "github.com/lattice-sync/lattice/api/lattice/v1"
 )
 
+// printJSON prints m as indented JSON. protojson varies its whitespace on
+// purpose; re-indenting with encoding/json gives scripts stable output.
 func printJSON(w io.Writer, m proto.Message) error {
-	b, err := protojson.MarshalOptions{Multiline: true, Indent: "  "}.Marshal(m)
+	b, err := stableJSON(m, "  ")
 	if err != nil {
 		return err
 	}
 	_, err = fmt.Fprintln(w, string(b))
 	return err
+}
+
+func stableJSON(m proto.Message, indent string) ([]byte, error) {
+	raw, err := protojson.Marshal(m)
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	if indent == "" {
+		err = json.Compact(&buf, raw)
+	} else {
+		err = json.Indent(&buf, raw, "", indent)
+	}
+	return buf.Bytes(), err
 }
 
 // valueText renders a value for tables: strings bare, null as "null".
@@ -176,7 +194,7 @@ func printHistory(w io.Writer, format string, resp *pb.HistoryResponse) error {
 
 func printEvent(w io.Writer, format string, ev *pb.WatchEvent) error {
 	if format == "json" {
-		b, err := protojson.Marshal(ev)
+		b, err := stableJSON(ev, "")
 		if err != nil {
 			return err
 		}
@@ -202,4 +220,3 @@ func printEvent(w io.Writer, format string, ev *pb.WatchEvent) error {
 	_, err := fmt.Fprintf(w, "%s %s %s%s %s\n", hlcTime(r.GetUpdatedHlc()), r.GetEntity(), r.GetId(), state, strings.Join(parts, " "))
 	return err
 }
-
