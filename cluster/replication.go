@@ -229,7 +229,11 @@ func (n *Node) Replicate(s grpc.BidiStreamingServer[pb.ReplicateUp, pb.Replicate
 		if err != nil || ctx.Err() != nil {
 			return err
 		}
-		// The subscriber fell behind: catch up from the op log again.
+		// Anti-entropy round (or the subscriber fell behind): send, from the
+		// op log, whatever the peer's acks say it still lacks, of any origin.
+		n.mu.Lock()
+		pos = pos.Join(n.mu.acked[peer])
+		n.mu.Unlock()
 	}
 }
 
@@ -259,15 +263,26 @@ func (n *Node) catchUp(s grpc.BidiStreamingServer[pb.ReplicateUp, pb.ReplicateDo
 	return pos, nil
 }
 
-// tail streams edits as they commit until the subscriber lags (nil error,
-// caller catches up) or the stream fails.
+// antiEntropy is how often a replication stream returns to its catch-up
+// pass: live, a stream carries only the serving node's own edits (each
+// origin reaches every peer directly); the catch-up pass fills in edits of
+// other origins a peer lacks, e.g. from an origin that is down or cut off.
+const antiEntropy = time.Second
+
+// tail streams the serving node's own edits as they commit until the
+// anti-entropy timer fires or the subscriber lags (nil error: the caller
+// catches up from the op log) or the stream fails.
 func (n *Node) tail(ctx context.Context, s grpc.BidiStreamingServer[pb.ReplicateUp, pb.ReplicateDown], sub *storage.Subscription, pos crdt.VV, recvErr chan error) (crdt.VV, error) {
 	t := time.NewTicker(heartbeat)
 	defer t.Stop()
+	ae := time.NewTimer(antiEntropy)
+	defer ae.Stop()
 	for {
 		var batch [][]byte
 		select {
 		case <-ctx.Done():
+			return pos, nil
+		case <-ae.C:
 			return pos, nil
 		case <-n.stop:
 			return pos, status.Error(codes.Unavailable, "node is stopping")
@@ -290,7 +305,7 @@ func (n *Node) tail(ctx context.Context, s grpc.BidiStreamingServer[pb.Replicate
 			}
 			// Drain what is ready into one message.
 			for {
-				if ed.Dot.Seq > pos.Get(ed.Dot.Node) {
+				if ed.Dot.Node == n.cfg.NodeID && ed.Dot.Seq > pos.Get(ed.Dot.Node) {
 					if ed.Dot.Seq != pos.Get(ed.Dot.Node)+1 {
 						// A gap means the subscription started after edits the
 						// catch-up scan missed: read them from the log.

@@ -204,6 +204,14 @@ func (nd *Node) Records() pb.RecordsClient { return pb.NewRecordsClient(nd.conn)
 // Cluster returns a Cluster client for the node.
 func (nd *Node) Cluster() pb.ClusterClient { return pb.NewClusterClient(nd.conn) }
 
+// Pid returns the node's process id (0 if not running).
+func (nd *Node) Pid() int {
+	if !nd.Running() {
+		return 0
+	}
+	return nd.cmd.Process.Pid
+}
+
 // Logs returns what the node printed.
 func (nd *Node) Logs() string { return nd.logs.String() }
 
