@@ -75,7 +75,8 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, n int, host, dataDir,
 		}
 		for _, d := range nodes {
 			select {
-			case <-d.done:
+			case err := <-d.done:
+				d.done <- err
 			case <-time.After(15 * time.Second):
 				fmt.Fprintf(stderr, "%s did not stop in 15 s: killing it\n", d.id)
 				_ = d.cmd.Process.Kill()
@@ -83,19 +84,7 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, n int, host, dataDir,
 			}
 		}
 	}
-	for i := 1; i <= n; i++ {
-		d := &devNode{id: fmt.Sprintf("n%d", i),
-			grpc: fmt.Sprintf("%s:%d", host, 7100+i), http: fmt.Sprintf("%s:%d", host, 7200+i),
-			gossip: fmt.Sprintf("%s:%d", host, 7300+i), raft: fmt.Sprintf("%s:%d", host, 7400+i), done: make(chan error, 1)}
-		args := []string{"agent", "--node-id", d.id, "--data-dir", filepath.Join(dataDir, d.id),
-			"--grpc-addr", d.grpc, "--http-addr", d.http, "--gossip-addr", d.gossip, "--raft-addr", d.raft,
-			"--log-level", logLevel}
-		if config != "" {
-			args = append(args, "--config", config)
-		}
-		if i > 1 {
-			args = append(args, "--join", nodes[0].gossip)
-		}
+	start := func(d *devNode, args []string) error {
 		d.cmd = exec.Command(exe, args...)
 		pipe, err := d.cmd.StderrPipe()
 		if err != nil {
@@ -103,7 +92,6 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, n int, host, dataDir,
 		}
 		d.cmd.Stdout = d.cmd.Stderr
 		if err := d.cmd.Start(); err != nil {
-			stopAll()
 			return fmt.Errorf("start %s: %w", d.id, err)
 		}
 		go func(id string, r io.Reader) {
@@ -114,7 +102,29 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, n int, host, dataDir,
 				logMu.Unlock()
 			}
 		}(d.id, pipe)
-		go func(d *devNode) { d.done <- d.cmd.Wait() }(d)
+		d.done = make(chan error, 1)
+		go func(cmd *exec.Cmd, done chan error) { done <- cmd.Wait() }(d.cmd, d.done)
+		return nil
+	}
+	argsOf := map[*devNode][]string{}
+	for i := 1; i <= n; i++ {
+		d := &devNode{id: fmt.Sprintf("n%d", i),
+			grpc: fmt.Sprintf("%s:%d", host, 7100+i), http: fmt.Sprintf("%s:%d", host, 7200+i),
+			gossip: fmt.Sprintf("%s:%d", host, 7300+i), raft: fmt.Sprintf("%s:%d", host, 7400+i)}
+		args := []string{"agent", "--node-id", d.id, "--data-dir", filepath.Join(dataDir, d.id),
+			"--grpc-addr", d.grpc, "--http-addr", d.http, "--gossip-addr", d.gossip, "--raft-addr", d.raft,
+			"--log-level", logLevel}
+		if config != "" {
+			args = append(args, "--config", config)
+		}
+		if i > 1 {
+			args = append(args, "--join", nodes[0].gossip)
+		}
+		argsOf[d] = args
+		if err := start(d, args); err != nil {
+			stopAll()
+			return err
+		}
 		nodes = append(nodes, d)
 	}
 	// Wait until every node answers and sees all the others.
@@ -124,38 +134,48 @@ func runDev(ctx context.Context, stdout, stderr io.Writer, n int, host, dataDir,
 	}
 	tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "lattice dev: %d nodes running (data in %s); Ctrl-C stops them\n\n", n, dataDir)
-	fmt.Fprintln(tw, "NODE\tGRPC (--addr)\tMETRICS\tGOSSIP\tRAFT")
+	fmt.Fprintln(tw, "NODE\tPID\tGRPC (--addr)\tMETRICS\tGOSSIP\tRAFT")
 	for _, d := range nodes {
-		fmt.Fprintf(tw, "%s\t%s\thttp://%s/metrics\t%s\t%s\n", d.id, d.grpc, d.http, d.gossip, d.raft)
+		fmt.Fprintf(tw, "%s\t%d\t%s\thttp://%s/metrics\t%s\t%s\n", d.id, d.cmd.Process.Pid, d.grpc, d.http, d.gossip, d.raft)
 	}
 	fmt.Fprintf(tw, "\ntry:  bin/lattice put contact c1 name=Ann      (writes on n1)\n      bin/lattice --addr %s get contact c1   (reads on n2)\n      bin/lattice members\n", nodes[min(1, n-1)].grpc)
+	fmt.Fprintln(tw, "A node that dies (try kill -9 on its PID) is restarted after 5 s and catches up.")
 	tw.Flush()
 
-	select {
-	case <-ctx.Done():
-		fmt.Fprintln(stdout, "\nstopping the nodes...")
-	case err := <-firstExit(nodes):
-		fmt.Fprintf(stderr, "a node exited: %v; stopping the others\n", err)
-	}
-	stopAll()
-	fmt.Fprintln(stdout, "stopped")
-	return nil
-}
-
-// firstExit reports the first node that exits on its own.
-func firstExit(nodes []*devNode) <-chan error {
-	out := make(chan error, 1)
-	for _, d := range nodes {
-		go func(d *devNode) {
+	// Supervise: restart a node that dies, until Ctrl-C.
+	for {
+		exited := make(chan *devNode, len(nodes))
+		for _, d := range nodes {
+			go func(d *devNode) {
+				err := <-d.done
+				d.done <- err // keep it for stopAll
+				exited <- d
+			}(d)
+		}
+		select {
+		case <-ctx.Done():
+			fmt.Fprintln(stdout, "\nstopping the nodes...")
+			stopAll()
+			fmt.Fprintln(stdout, "stopped")
+			return nil
+		case d := <-exited:
 			err := <-d.done
-			d.done <- err // keep it for stopAll
+			fmt.Fprintf(stdout, "%s exited (%v); restarting it in 5 s\n", d.id, err)
 			select {
-			case out <- fmt.Errorf("%s: %v", d.id, err):
-			default:
+			case <-ctx.Done():
+				fmt.Fprintln(stdout, "\nstopping the nodes...")
+				stopAll()
+				fmt.Fprintln(stdout, "stopped")
+				return nil
+			case <-time.After(5 * time.Second):
 			}
-		}(d)
+			if err := start(d, argsOf[d]); err != nil {
+				fmt.Fprintf(stderr, "restart %s: %v\n", d.id, err)
+			} else {
+				fmt.Fprintf(stdout, "%s restarted (pid %d)\n", d.id, d.cmd.Process.Pid)
+			}
+		}
 	}
-	return out
 }
 
 func waitMembers(ctx context.Context, nodes []*devNode, timeout time.Duration) error {
