@@ -77,6 +77,9 @@ type Observer interface {
 	SnapshotInstalled(records int)
 	// Truncated reports op-log entries removed.
 	Truncated(entries uint64)
+	// Repaired counts edits of another origin received from a peer
+	// (anti-entropy filling what the origin could not deliver directly).
+	Repaired(edits int)
 }
 
 // DefaultConfig returns a Config with tuned timings.

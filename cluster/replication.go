@@ -144,7 +144,16 @@ func (p *puller) stream(ctx context.Context) error {
 			}
 			edits = append(edits, e)
 		}
-		_, errs := store.ApplyRemoteBatch(ctx, edits)
+		res, errs := store.ApplyRemoteBatch(ctx, edits)
+		repaired := 0
+		for i, r := range res {
+			if errs[i] == nil && r != nil && !r.Duplicate && edits[i].Dot.Node != p.peer {
+				repaired++ // another origin's edit, filled in by this peer
+			}
+		}
+		if repaired > 0 && p.n.cfg.Metrics != nil {
+			p.n.cfg.Metrics.Repaired(repaired)
+		}
 		for i, err := range errs {
 			if err == nil {
 				continue

@@ -75,6 +75,39 @@ func (s *service) Members(ctx context.Context, _ *pb.MembersRequest) (*pb.Member
 	return out, nil
 }
 
+// PeerLag is how far one peer is behind this node.
+type PeerLag struct {
+	Peer    string
+	Entries uint64
+	Seconds float64
+}
+
+// Lag reports, for every other member seen, the edits applied here that it
+// has not acknowledged and for how long it has been behind.
+func (n *Node) Lag() []PeerLag {
+	members := n.members()
+	applied := n.store.Applied()
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	var out []PeerLag
+	for _, m := range members {
+		if m.ID == n.cfg.NodeID {
+			continue
+		}
+		l := PeerLag{Peer: m.ID, Entries: lag(applied, n.mu.acked[m.ID])}
+		if l.Entries > 0 {
+			if at, ok := n.mu.ackAt[m.ID]; ok {
+				l.Seconds = time.Since(at).Seconds()
+			}
+		}
+		out = append(out, l)
+	}
+	return out
+}
+
+// RaftState returns this node's Raft state: Leader, Follower, Candidate or Shutdown.
+func (n *Node) RaftState() string { return n.raft.State().String() }
+
 // lag counts the edits applied here that a peer has not acknowledged.
 func lag(applied, acked crdt.VV) uint64 {
 	var n uint64

@@ -204,6 +204,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 			stopNode()
 		}
 	}()
+	reg.MustRegister(newClusterCollector(node))
 	log.Info("cluster node started", "gossip", f.gossipAddr, "raft", f.raftAddr, "join", f.join)
 
 	// Records API, cluster and peer services, health and reflection on one gRPC server.

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 
+	"github.com/lattice-sync/lattice/cluster"
 	"github.com/lattice-sync/lattice/storage"
 )
 
@@ -23,6 +24,7 @@ type metrics struct {
 	refused   *prometheus.CounterVec
 	snapshots prometheus.Counter
 	truncated prometheus.Counter
+	repaired  prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -47,8 +49,46 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Records merged from peers' snapshots."})
 	m.truncated = prometheus.NewCounter(prometheus.CounterOpts{Name: "lattice_cluster_oplog_truncated_total",
 		Help: "Op-log entries truncated because every member holds them."})
-	reg.MustRegister(m.edits, m.conflicts, m.batches, m.batchSize, m.requests, m.latency, m.refused, m.snapshots, m.truncated)
+	m.repaired = prometheus.NewCounter(prometheus.CounterOpts{Name: "lattice_cluster_antientropy_repairs_total",
+		Help: "Edits of another origin received from a peer: anti-entropy filling in what the origin did not deliver."})
+	reg.MustRegister(m.edits, m.conflicts, m.batches, m.batchSize, m.requests, m.latency, m.refused, m.snapshots, m.truncated, m.repaired)
 	return m
+}
+
+// Repaired implements cluster.Observer.
+func (m *metrics) Repaired(edits int) { m.repaired.Add(float64(edits)) }
+
+// clusterCollector exports per-peer replication lag and the Raft state.
+type clusterCollector struct {
+	node       *cluster.Node
+	lagEntries *prometheus.Desc
+	lagSeconds *prometheus.Desc
+	raftState  *prometheus.Desc
+}
+
+func newClusterCollector(n *cluster.Node) *clusterCollector {
+	return &clusterCollector{node: n,
+		lagEntries: prometheus.NewDesc("lattice_cluster_replication_lag_entries",
+			"Edits applied on this node that the peer has not acknowledged.", []string{"peer"}, nil),
+		lagSeconds: prometheus.NewDesc("lattice_cluster_replication_lag_seconds",
+			"How long the peer has been behind this node (0 when caught up).", []string{"peer"}, nil),
+		raftState: prometheus.NewDesc("lattice_raft_state",
+			"1 for this node's current Raft state (Leader, Follower, Candidate, Shutdown).", []string{"state"}, nil),
+	}
+}
+
+func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.lagEntries
+	ch <- c.lagSeconds
+	ch <- c.raftState
+}
+
+func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, l := range c.node.Lag() {
+		ch <- prometheus.MustNewConstMetric(c.lagEntries, prometheus.GaugeValue, float64(l.Entries), l.Peer)
+		ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, l.Seconds, l.Peer)
+	}
+	ch <- prometheus.MustNewConstMetric(c.raftState, prometheus.GaugeValue, 1, c.node.RaftState())
 }
 
 // ClockRefused implements cluster.Observer.
