@@ -18,10 +18,17 @@ build: ## build bin/lattice
 run: build ## build and start a local three-node cluster on 127.0.0.1:7101-7103 (quickstart config); Ctrl-C stops
 	$(BIN) dev --nodes 3 --config cmd/lattice/quickstart.yaml
 
+PGBIN := /usr/lib/postgresql/15/bin
+
 .PHONY: deps
-deps: ## install what the tests need from Debian when missing (iptables for partition tests)
-	@command -v iptables >/dev/null || { echo "installing iptables (partition tests)"; \
-		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables >/dev/null; }
+deps: ## install what the tests need from Debian when missing (PostgreSQL 15 binaries, iptables)
+	@missing=""; \
+	test -x $(PGBIN)/initdb || missing="$$missing postgresql"; \
+	command -v iptables >/dev/null || missing="$$missing iptables"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		(apt-get update -qq || true) && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
 
 .PHONY: test
 test: deps verify-generate ## run every test with -race (installs what the tests need)

@@ -12,7 +12,7 @@ import (
 	"github.com/lattice-sync/lattice/crdt"
 )
 
-// PrepareFunc computes the writes of a local edit from the record's current
+// PrepareFunc computes the writes of a local edit (none: nothing is written) from the record's current
 // state (empty for a new record) and the node's applied vector. It runs on
 // the committer goroutine, so it sees every edit committed before it; it must
 // neither modify nor keep rec. An error refuses the edit and nothing is written.
@@ -303,6 +303,13 @@ func (s *Store) stage(st *batchState, o *op) {
 		}})
 		if err != nil {
 			o.err = err
+			close(o.done)
+			return
+		}
+		if len(writes) == 0 {
+			// Nothing to write (e.g. a captured delete of a record lattice
+			// never held): no edit, no sequence number.
+			o.res = &Result{}
 			close(o.done)
 			return
 		}

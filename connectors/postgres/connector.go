@@ -1,0 +1,566 @@
+package postgres
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pglogrepl"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/lattice-sync/lattice/connectors"
+	"github.com/lattice-sync/lattice/crdt"
+	"github.com/lattice-sync/lattice/storage"
+)
+
+// ErrWalLevel is returned when the database cannot do logical replication.
+var ErrWalLevel = errors.New("wal_level is not logical")
+
+// messagePrefix marks the logical message each projection carries.
+const messagePrefix = "lattice"
+
+// Connector syncs one PostgreSQL database with a node's store.
+type Connector struct {
+	cfg    *Config
+	store  *storage.Store
+	schema connectors.SchemaSource
+	log    *slog.Logger
+	origin string
+
+	mu struct {
+		sync.Mutex
+		// seen is, per row, the context of what the database has seen of the
+		// record (captured edits and projections), from stream order.
+		seen map[string]crdt.VV
+		// relations maps pgoutput relation ids to their metadata.
+		relations map[uint32]*pglogrepl.RelationMessage
+	}
+	colTypes map[string]map[string]string // table -> column -> SQL type
+}
+
+// New returns a connector; Run starts it.
+func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log *slog.Logger) *Connector {
+	c := &Connector{cfg: cfg, store: store, schema: schema, origin: connectors.Origin("postgres", cfg.Name),
+		log: log.With("component", "connector", "connector", cfg.Name)}
+	c.mu.seen = map[string]crdt.VV{}
+	c.mu.relations = map[uint32]*pglogrepl.RelationMessage{}
+	return c
+}
+
+// Origin is the origin of the edits this connector captures.
+func (c *Connector) Origin() string { return c.origin }
+
+// Run prepares the database (publication, replication origin), then runs
+// projection and capture until ctx ends or one fails.
+func (c *Connector) Run(ctx context.Context) error {
+	conn, err := pgx.Connect(ctx, c.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("connector %s: connect: %w", c.cfg.Name, err)
+	}
+	defer conn.Close(context.Background())
+	if err := c.prepare(ctx, conn); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	errs := make(chan error, 2)
+	var wg sync.WaitGroup
+	if c.cfg.Project {
+		sub, err := c.store.Subscribe(8192)
+		if err != nil {
+			return err
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- c.project(ctx, sub)
+		}()
+	}
+	if c.cfg.Capture {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- c.capture(ctx, conn)
+		}()
+	}
+	var first error
+	select {
+	case first = <-errs:
+	case <-ctx.Done():
+	}
+	cancel()
+	wg.Wait()
+	if first != nil && ctx.Err() != nil && errors.Is(first, context.Canceled) {
+		first = nil
+	}
+	return first
+}
+
+// prepare checks wal_level and creates the publication and the replication
+// origin lattice's writes carry.
+func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
+	var level string
+	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
+		return fmt.Errorf("connector %s: %w", c.cfg.Name, err)
+	}
+	if c.cfg.Capture && level != "logical" {
+		return fmt.Errorf("connector %s: %w (it is %q): set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL",
+			c.cfg.Name, ErrWalLevel, level)
+	}
+	c.colTypes = map[string]map[string]string{}
+	var tables []string
+	for _, t := range c.cfg.Tables {
+		rows, err := conn.Query(ctx, `SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+			WHERE attrelid = $1::regclass AND attnum > 0 AND NOT attisdropped`, t.Name)
+		if err != nil {
+			return fmt.Errorf("connector %s: table %s: %w", c.cfg.Name, t.Name, err)
+		}
+		types := map[string]string{}
+		for rows.Next() {
+			var n, typ string
+			if err := rows.Scan(&n, &typ); err != nil {
+				rows.Close()
+				return err
+			}
+			types[n] = typ
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return fmt.Errorf("connector %s: table %s: %w", c.cfg.Name, t.Name, err)
+		}
+		for _, col := range append(append([]string{}, t.Key...), mapKeys(t.Columns)...) {
+			if _, ok := types[col]; !ok {
+				return fmt.Errorf("connector %s: table %s has no column %q (check the connector's tables mapping)", c.cfg.Name, t.Name, col)
+			}
+		}
+		c.colTypes[t.Name] = types
+		tables = append(tables, pgx.Identifier(strings.Split(t.Name, ".")).Sanitize())
+	}
+	if c.cfg.Capture {
+		var exists bool
+		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Publication).Scan(&exists); err != nil {
+			return err
+		}
+		if !exists {
+			q := fmt.Sprintf("CREATE PUBLICATION %s FOR TABLE %s", pgx.Identifier{c.cfg.Publication}.Sanitize(), strings.Join(tables, ", "))
+			if _, err := conn.Exec(ctx, q); err != nil {
+				return fmt.Errorf("connector %s: create publication: %w", c.cfg.Name, err)
+			}
+		}
+	}
+	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1)
+		WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)`, c.cfg.originName()); err != nil {
+		return fmt.Errorf("connector %s: create replication origin (needs superuser or REPLICATION): %w", c.cfg.Name, err)
+	}
+	return nil
+}
+
+func mapKeys(m map[string]string) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	return out
+}
+
+// replicationDSN adds replication=database to a DSN (URL or key=value).
+func replicationDSN(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		q := u.Query()
+		q.Set("replication", "database")
+		u.RawQuery = q.Encode()
+		return u.String()
+	}
+	return dsn + " replication=database"
+}
+
+func rowKey(entity, id string) string { return entity + "\x00" + id }
+
+// observe records that the database has seen vv of a record.
+func (c *Connector) observe(entity, id string, vv crdt.VV) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := rowKey(entity, id)
+	c.mu.seen[k] = c.mu.seen[k].Join(vv)
+}
+
+func (c *Connector) seenOf(entity, id string) crdt.VV {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.mu.seen[rowKey(entity, id)]
+}
+
+// change is one captured row change.
+type change struct {
+	table   *Table
+	id      string
+	fields  map[string]crdt.Value
+	deleted bool
+}
+
+// capture reads the snapshot (first run) and then the change stream.
+func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
+	rconn, err := pgconn.Connect(ctx, replicationDSN(c.cfg.DSN))
+	if err != nil {
+		return fmt.Errorf("connector %s: replication connection: %w", c.cfg.Name, err)
+	}
+	defer rconn.Close(context.Background())
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", c.cfg.Slot).Scan(&exists); err != nil {
+		return err
+	}
+	var start pglogrepl.LSN
+	if !exists {
+		res, err := pglogrepl.CreateReplicationSlot(ctx, rconn, c.cfg.Slot, "pgoutput",
+			pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "EXPORT_SNAPSHOT"})
+		if err != nil {
+			return fmt.Errorf("connector %s: create replication slot: %w", c.cfg.Name, err)
+		}
+		lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
+		if err != nil {
+			return err
+		}
+		start = lsn
+		// Initial snapshot at exactly the slot's starting point.
+		if err := c.snapshot(ctx, conn, res.SnapshotName); err != nil {
+			return err
+		}
+	}
+	err = pglogrepl.StartReplication(ctx, rconn, c.cfg.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: []string{
+		"proto_version '2'", fmt.Sprintf("publication_names '%s'", c.cfg.Publication), "messages 'true'"}})
+	if err != nil {
+		return fmt.Errorf("connector %s: start replication: %w", c.cfg.Name, err)
+	}
+	c.log.Info("capture streaming", "slot", c.cfg.Slot, "from", start.String())
+	return c.stream(ctx, rconn)
+}
+
+// snapshot captures every existing row of the mapped tables as of the slot's snapshot.
+func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) error {
+	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(ctx, fmt.Sprintf("SET TRANSACTION SNAPSHOT '%s'", name)); err != nil {
+		return fmt.Errorf("connector %s: use the slot's snapshot: %w", c.cfg.Name, err)
+	}
+	total := 0
+	for i := range c.cfg.Tables {
+		t := &c.cfg.Tables[i]
+		cols := append(append([]string{}, t.Key...), mapKeys(t.Columns)...)
+		q := fmt.Sprintf("SELECT %s FROM %s", castText(cols), pgx.Identifier(strings.Split(t.Name, ".")).Sanitize())
+		rows, err := tx.Query(ctx, q)
+		if err != nil {
+			return fmt.Errorf("connector %s: snapshot of %s: %w", c.cfg.Name, t.Name, err)
+		}
+		var batch []change
+		for rows.Next() {
+			vals := make([]*string, len(cols))
+			ptrs := make([]any, len(cols))
+			for i := range vals {
+				ptrs[i] = &vals[i]
+			}
+			if err := rows.Scan(ptrs...); err != nil {
+				rows.Close()
+				return err
+			}
+			text := map[string]*string{}
+			for i, col := range cols {
+				text[col] = vals[i]
+			}
+			ch, err := c.toChange(t, text, false)
+			if err != nil {
+				c.log.Error("snapshot row skipped", "table", t.Name, "err", err)
+				continue
+			}
+			batch = append(batch, ch)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		if err := c.apply(ctx, batch); err != nil {
+			return err
+		}
+		total += len(batch)
+	}
+	c.log.Info("initial snapshot captured", "rows", total)
+	return tx.Commit(ctx)
+}
+
+func castText(cols []string) string {
+	parts := make([]string, len(cols))
+	for i, c := range cols {
+		parts[i] = pgx.Identifier{c}.Sanitize() + "::text"
+	}
+	return strings.Join(parts, ", ")
+}
+
+// toChange maps a row (column -> text, nil for null; absent for unchanged
+// TOAST values) to a change of its record.
+func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (change, error) {
+	ent, ok := c.schema.Schema().Entity(t.Entity)
+	if !ok {
+		return change{}, fmt.Errorf("entity %q is no longer configured", t.Entity)
+	}
+	keys := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		v, ok := text[k]
+		if !ok || v == nil {
+			return change{}, fmt.Errorf("key column %q is null or missing", k)
+		}
+		keys[i] = *v
+	}
+	ch := change{table: t, id: strings.Join(keys, "/"), deleted: deleted, fields: map[string]crdt.Value{}}
+	if deleted {
+		return ch, nil
+	}
+	for col, field := range t.Columns {
+		v, ok := text[col]
+		if !ok {
+			continue // unchanged TOAST value: not part of this change
+		}
+		spec, _ := ent.Field(field)
+		if v == nil {
+			ch.fields[field] = crdt.Null
+			continue
+		}
+		val, err := fromText(spec.Type, *v)
+		if err != nil {
+			return change{}, fmt.Errorf("column %q: %w", col, err)
+		}
+		ch.fields[field] = val
+	}
+	return ch, nil
+}
+
+// apply writes captured changes as edits, each with the context of what the
+// database had seen of its record, and waits until they are durable.
+func (c *Connector) apply(ctx context.Context, changes []change) error {
+	type pending struct {
+		ch  change
+		res chan error
+	}
+	var wg sync.WaitGroup
+	errs := make([]error, len(changes))
+	for i, ch := range changes {
+		ent, ok := c.schema.Schema().Entity(ch.table.Entity)
+		if !ok {
+			errs[i] = fmt.Errorf("entity %q is no longer configured", ch.table.Entity)
+			continue
+		}
+		tok := c.seenOf(ch.table.Entity, ch.id)
+		wg.Add(1)
+		go func(i int, ch change) {
+			defer wg.Done()
+			res, err := c.store.Write(ctx, ent.Name, ch.id, c.origin, func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+				ec := crdt.EditContext{Token: tok, Explicit: true, Applied: env.Applied, History: env.History}
+				if ch.deleted {
+					if len(rec.Registers) == 0 {
+						return nil, nil
+					}
+					return ent.PrepareDelete(rec, ec)
+				}
+				if len(ch.fields) == 0 {
+					return nil, nil
+				}
+				return ent.PreparePut(rec, ch.fields, ec)
+			})
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			if res != nil && res.Edit != nil {
+				vv := crdt.VV{}.WithDot(res.Edit.Dot)
+				for _, w := range res.Edit.Writes {
+					vv = vv.Join(w.Ctx)
+				}
+				c.observe(ent.Name, ch.id, vv)
+			}
+		}(i, ch)
+		// Edits of one row must keep stream order: wait before the next
+		// change of the same row (rare within one transaction).
+		if i+1 < len(changes) && changes[i+1].id == ch.id {
+			wg.Wait()
+		}
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			// Bad data from the source: reported, not silently dropped; the
+			// dead-letter queue comes with the rest of the connector issue.
+			c.log.Error("captured change refused", "table", changes[i].table.Name, "id", changes[i].id, "err", err)
+			if !errors.Is(err, crdt.ErrInvalid) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// stream consumes the replication stream until ctx ends.
+func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
+	var flushed pglogrepl.LSN
+	status := func() error {
+		return pglogrepl.SendStandbyStatusUpdate(ctx, rconn, pglogrepl.StandbyStatusUpdate{
+			WALWritePosition: flushed, WALFlushPosition: flushed, WALApplyPosition: flushed, ClientTime: time.Now()})
+	}
+	next := time.Now().Add(5 * time.Second)
+	var tx struct {
+		echo    bool
+		changes []change
+		msgs    [][]byte
+	}
+	for {
+		if time.Now().After(next) {
+			if err := status(); err != nil {
+				return err
+			}
+			next = time.Now().Add(5 * time.Second)
+		}
+		rctx, cancel := context.WithDeadline(ctx, next)
+		raw, err := rconn.ReceiveMessage(rctx)
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			if pgconn.Timeout(err) {
+				continue
+			}
+			return fmt.Errorf("connector %s: replication stream: %w", c.cfg.Name, err)
+		}
+		if e, ok := raw.(*pgproto3.ErrorResponse); ok {
+			return fmt.Errorf("connector %s: replication stream: %s", c.cfg.Name, e.Message)
+		}
+		cd, ok := raw.(*pgproto3.CopyData)
+		if !ok || len(cd.Data) == 0 {
+			continue
+		}
+		switch cd.Data[0] {
+		case pglogrepl.PrimaryKeepaliveMessageByteID:
+			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:])
+			if err != nil {
+				return err
+			}
+			if ka.ReplyRequested {
+				next = time.Time{}
+			}
+		case pglogrepl.XLogDataByteID:
+			xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
+			if err != nil {
+				return err
+			}
+			msg, err := pglogrepl.ParseV2(xld.WALData, false)
+			if err != nil {
+				return fmt.Errorf("connector %s: decode pgoutput: %w", c.cfg.Name, err)
+			}
+			switch m := msg.(type) {
+			case *pglogrepl.RelationMessageV2:
+				c.mu.Lock()
+				c.mu.relations[m.RelationID] = &m.RelationMessage
+				c.mu.Unlock()
+			case *pglogrepl.BeginMessage:
+				tx.echo, tx.changes, tx.msgs = false, nil, nil
+			case *pglogrepl.OriginMessage:
+				if m.Name == c.cfg.originName() {
+					tx.echo = true
+				}
+			case *pglogrepl.LogicalDecodingMessageV2:
+				if m.Prefix == messagePrefix {
+					tx.msgs = append(tx.msgs, m.Content)
+				}
+			case *pglogrepl.InsertMessageV2:
+				if ch, ok := c.rowChange(m.RelationID, m.Tuple, false); ok {
+					tx.changes = append(tx.changes, ch)
+				}
+			case *pglogrepl.UpdateMessageV2:
+				if ch, ok := c.rowChange(m.RelationID, m.NewTuple, false); ok {
+					tx.changes = append(tx.changes, ch)
+				}
+			case *pglogrepl.DeleteMessageV2:
+				if ch, ok := c.rowChange(m.RelationID, m.OldTuple, true); ok {
+					tx.changes = append(tx.changes, ch)
+				}
+			case *pglogrepl.CommitMessage:
+				// What lattice projected into these rows, in stream order.
+				for _, content := range tx.msgs {
+					c.observeProjection(content)
+				}
+				if !tx.echo {
+					if err := c.apply(ctx, tx.changes); err != nil {
+						return err
+					}
+				}
+				// The edits are durable: PostgreSQL may release the WAL.
+				flushed = m.TransactionEndLSN
+			}
+		}
+	}
+}
+
+// rowChange decodes a tuple of a mapped table.
+func (c *Connector) rowChange(rel uint32, tuple *pglogrepl.TupleData, deleted bool) (change, bool) {
+	c.mu.Lock()
+	r := c.mu.relations[rel]
+	c.mu.Unlock()
+	if r == nil || tuple == nil {
+		return change{}, false
+	}
+	var t *Table
+	for i := range c.cfg.Tables {
+		if c.cfg.Tables[i].relName() == r.Namespace+"."+r.RelationName {
+			t = &c.cfg.Tables[i]
+		}
+	}
+	if t == nil {
+		return change{}, false
+	}
+	text := map[string]*string{}
+	for i, col := range tuple.Columns {
+		if i >= len(r.Columns) {
+			break
+		}
+		name := r.Columns[i].Name
+		switch col.DataType {
+		case 'n':
+			text[name] = nil
+		case 't':
+			s := string(col.Data)
+			text[name] = &s
+		}
+	}
+	ch, err := c.toChange(t, text, deleted)
+	if err != nil {
+		c.log.Error("captured row refused", "table", t.Name, "err", err)
+		return change{}, false
+	}
+	return ch, true
+}
+
+// observeProjection reads a projection's message: entity, id and the
+// record context it wrote.
+func (c *Connector) observeProjection(content []byte) {
+	parts := strings.SplitN(string(content), "\x00", 3)
+	if len(parts) != 3 {
+		return
+	}
+	b, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil {
+		return
+	}
+	vv, err := crdt.DecodeToken(b)
+	if err != nil {
+		return
+	}
+	c.observe(parts[0], parts[1], vv)
+}

@@ -1,0 +1,214 @@
+package postgres
+
+import (
+	"context"
+	"encoding/base64"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/lattice-sync/lattice/crdt"
+	"github.com/lattice-sync/lattice/storage"
+)
+
+// project writes resolved record state into the database as edits commit.
+// Its session carries the replication origin, so capture skips these
+// writes, and each transaction carries the record context it wrote.
+func (c *Connector) project(ctx context.Context, sub *storage.Subscription) error {
+	defer sub.Close()
+	conn, err := pgx.Connect(ctx, c.cfg.DSN)
+	if err != nil {
+		return fmt.Errorf("connector %s: projection connection: %w", c.cfg.Name, err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_session_setup($1)", c.cfg.originName()); err != nil {
+		return fmt.Errorf("connector %s: mark projection session with replication origin %s: %w", c.cfg.Name, c.cfg.originName(), err)
+	}
+	pos := c.store.Applied()
+	for {
+		var batch []*crdt.Edit
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case e, ok := <-sub.C():
+			if !ok {
+				if !sub.Lagged() {
+					return nil
+				}
+				// Fell behind: read what was missed from the op log.
+				sub2, err := c.store.Subscribe(8192)
+				if err != nil {
+					return err
+				}
+				sub = sub2
+				for _, o := range c.store.Applied() {
+					if err := c.store.ScanOpLog(o.Node, pos.Get(o.Node), -1, func(e *crdt.Edit) bool {
+						batch = append(batch, e)
+						return true
+					}); err != nil {
+						return err
+					}
+				}
+			} else {
+				batch = append(batch, e)
+			}
+		}
+		// Drain what is ready, then project each record once.
+	drain:
+		for len(batch) < 1024 {
+			select {
+			case e, ok := <-sub.C():
+				if !ok {
+					break drain
+				}
+				batch = append(batch, e)
+			default:
+				break drain
+			}
+		}
+		seen := map[string]bool{}
+		var records [][2]string
+		for _, e := range batch {
+			if e.Dot.Seq <= pos.Get(e.Dot.Node) {
+				continue
+			}
+			pos = pos.WithDot(e.Dot)
+			if len(e.Writes) == 0 || c.cfg.tableFor(e.Entity) == nil {
+				continue
+			}
+			if e.Origin == c.origin && c.alreadyHolds(e) {
+				continue // echo: the database wrote exactly what resolved
+			}
+			k := rowKey(e.Entity, e.ID)
+			if !seen[k] {
+				seen[k] = true
+				records = append(records, [2]string{e.Entity, e.ID})
+			}
+		}
+		for _, r := range records {
+			if err := c.projectRecord(ctx, conn, r[0], r[1]); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+// alreadyHolds reports whether every value an edit from this database wrote
+// is still the resolved value (so projecting it back would be an echo).
+func (c *Connector) alreadyHolds(e *crdt.Edit) bool {
+	ent, ok := c.schema.Schema().Entity(e.Entity)
+	if !ok {
+		return true
+	}
+	rec, err := c.store.Get(e.Entity, e.ID)
+	if err != nil {
+		return false
+	}
+	for _, w := range e.Writes {
+		reg := rec.Register(w.Register)
+		if reg == nil {
+			return false
+		}
+		win, _ := reg.Resolve(ent.PolicyOf(w.Register))
+		if win < 0 || reg.Versions[win].Dot != e.Dot {
+			return false
+		}
+	}
+	return true
+}
+
+// projectRecord writes one record's resolved state in one transaction.
+func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, id string) error {
+	t := c.cfg.tableFor(entity)
+	ent, ok := c.schema.Schema().Entity(entity)
+	if !ok || t == nil {
+		return nil
+	}
+	rec, err := c.store.Get(entity, id)
+	if err != nil {
+		return err
+	}
+	fields, deleted := ent.View(rec)
+	values := map[string]crdt.Value{}
+	for _, f := range fields {
+		values[f.Name] = f.Value
+	}
+	keys := strings.Split(id, "/")
+	if len(keys) != len(t.Key) {
+		return fmt.Errorf("connector %s: id %q does not split into the %d key columns of %s", c.cfg.Name, id, len(t.Key), t.Name)
+	}
+	types := c.colTypes[t.Name]
+	table := pgx.Identifier(strings.Split(t.Name, ".")).Sanitize()
+	var args []any
+	param := func(v any, col string) string {
+		args = append(args, v)
+		return fmt.Sprintf("CAST($%d::text AS %s)", len(args), types[col])
+	}
+	msg := entity + "\x00" + id + "\x00" + base64.RawURLEncoding.EncodeToString(crdt.EncodeToken(rec.Context))
+	var q string
+	if deleted {
+		var where []string
+		for i, k := range t.Key {
+			where = append(where, fmt.Sprintf("%s = %s", pgx.Identifier{k}.Sanitize(), param(keys[i], k)))
+		}
+		q = fmt.Sprintf("DELETE FROM %s WHERE %s", table, strings.Join(where, " AND "))
+	} else {
+		var cols, vals, sets []string
+		for i, k := range t.Key {
+			cols = append(cols, pgx.Identifier{k}.Sanitize())
+			vals = append(vals, param(keys[i], k))
+		}
+		colNames := mapKeys(t.Columns)
+		sort.Strings(colNames)
+		for _, col := range colNames {
+			if contains(t.Key, col) {
+				continue
+			}
+			var v any
+			if s, ok := toText(values[t.Columns[col]]); ok {
+				v = s
+			}
+			cols = append(cols, pgx.Identifier{col}.Sanitize())
+			vals = append(vals, param(v, col))
+			sets = append(sets, fmt.Sprintf("%s = EXCLUDED.%s", pgx.Identifier{col}.Sanitize(), pgx.Identifier{col}.Sanitize()))
+		}
+		keyCols := make([]string, len(t.Key))
+		for i, k := range t.Key {
+			keyCols[i] = pgx.Identifier{k}.Sanitize()
+		}
+		q = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s",
+			table, strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keyCols, ", "), strings.Join(sets, ", "))
+	}
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tx, err := conn.Begin(tctx)
+	if err != nil {
+		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
+	}
+	defer tx.Rollback(context.Background())
+	if _, err := tx.Exec(tctx, "SELECT pg_logical_emit_message(true, $1, $2::bytea)", messagePrefix, []byte(msg)); err != nil {
+		return fmt.Errorf("connector %s: projection message: %w", c.cfg.Name, err)
+	}
+	if _, err := tx.Exec(tctx, q, args...); err != nil {
+		// Constraint or type violations belong in the dead-letter queue
+		// (next step of the connector issue); until then they are reported.
+		c.log.Error("projection refused by the database", "entity", entity, "id", id, "err", err)
+		return nil
+	}
+	if err := tx.Commit(tctx); err != nil {
+		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
+	}
+	return nil
+}
+
+func contains(xs []string, s string) bool {
+	for _, x := range xs {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
