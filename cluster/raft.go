@@ -123,6 +123,19 @@ func (n *Node) Leader() string {
 	return string(id)
 }
 
+// Owned returns the connectors the leader placed on this node, with their
+// epochs (connectors.Placement).
+func (n *Node) Owned() map[string]uint64 {
+	st := n.fsm.read()
+	out := map[string]uint64{}
+	for name, p := range st.Placement {
+		if p.Node == n.cfg.NodeID {
+			out[name] = p.Epoch
+		}
+	}
+	return out
+}
+
 // State returns a copy of the control-plane state.
 func (n *Node) State() State { return n.fsm.read() }
 

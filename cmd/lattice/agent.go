@@ -22,6 +22,8 @@ import (
 
 	"github.com/lattice-sync/lattice/api/server"
 	"github.com/lattice-sync/lattice/cluster"
+	"github.com/lattice-sync/lattice/connectors"
+	"github.com/lattice-sync/lattice/connectors/postgres"
 	"github.com/lattice-sync/lattice/crdt"
 	"github.com/lattice-sync/lattice/storage"
 )
@@ -243,6 +245,25 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 		log.Info("HTTP listening", "addr", hl.Addr().String(), "paths", "/metrics /healthz /readyz")
 	}
 
+	// Connectors: run those the Raft leader placed on this node.
+	connCtx, stopConnectors := context.WithCancel(ctx)
+	connDone := make(chan struct{})
+	mgr := connectors.NewManager(node, records, func(decl crdt.ConnectorDecl, epoch uint64) (connectors.Runnable, error) {
+		switch decl.Kind {
+		case "postgres":
+			cfg, err := postgres.ParseConfig(decl.Name, decl.Config, records.Schema())
+			if err != nil {
+				return nil, err
+			}
+			return postgres.New(cfg, store, records, log), nil
+		}
+		return nil, fmt.Errorf("connector %q: unknown kind %q (supported: postgres)", decl.Name, decl.Kind)
+	}, log)
+	go func() {
+		defer close(connDone)
+		mgr.Run(connCtx)
+	}()
+
 	// Retention: prune superseded versions past each entity's retention.
 	pruneDone := make(chan struct{})
 	pruneCtx, stopPrune := context.WithCancel(ctx)
@@ -266,6 +287,8 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	// requests in flight (long-lived watch streams are cut after a short
 	// grace); stop HTTP and pruning; the store closes last (deferred).
 	hs.Shutdown()
+	stopConnectors()
+	<-connDone
 	stopNode()
 	nodeStopped = true
 	stopped := make(chan struct{})
