@@ -1,0 +1,118 @@
+package connectors_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/lattice-sync/lattice/connectors"
+	"github.com/lattice-sync/lattice/crdt"
+)
+
+type placement struct {
+	mu    sync.Mutex
+	owned map[string]uint64
+}
+
+func (p *placement) Owned() map[string]uint64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := map[string]uint64{}
+	for k, v := range p.owned {
+		out[k] = v
+	}
+	return out
+}
+
+func (p *placement) set(m map[string]uint64) {
+	p.mu.Lock()
+	p.owned = m
+	p.mu.Unlock()
+}
+
+type schema struct{ s *crdt.Schema }
+
+func (s schema) Schema() *crdt.Schema { return s.s }
+
+type runFunc func(ctx context.Context) error
+
+func (f runFunc) Run(ctx context.Context) error { return f(ctx) }
+
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within 10 s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func TestManagerFollowsPlacement(t *testing.T) {
+	p := &placement{}
+	sch := schema{&crdt.Schema{Connectors: []crdt.ConnectorDecl{{Name: "crm", Kind: "fake"}, {Name: "erp", Kind: "fake"}}}}
+	var running sync.Map // name -> epoch
+	var starts, failures atomic.Int64
+	factory := func(decl crdt.ConnectorDecl, epoch uint64) (connectors.Runnable, error) {
+		return runFunc(func(ctx context.Context) error {
+			starts.Add(1)
+			if decl.Name == "erp" && failures.Add(1) <= 2 {
+				return errors.New("database unreachable")
+			}
+			running.Store(decl.Name, epoch)
+			<-ctx.Done()
+			running.Delete(decl.Name)
+			return ctx.Err()
+		}), nil
+	}
+	m := connectors.NewManager(p, sch, factory, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+
+	is := func(name string, epoch uint64) func() bool {
+		return func() bool { v, ok := running.Load(name); return ok && v.(uint64) == epoch }
+	}
+	gone := func(name string) func() bool {
+		return func() bool { _, ok := running.Load(name); return !ok }
+	}
+	p.set(map[string]uint64{"crm": 1})
+	waitUntil(t, "crm starts at epoch 1", is("crm", 1))
+	// A new epoch (moved away and back) restarts it under the new epoch.
+	p.set(map[string]uint64{"crm": 3})
+	waitUntil(t, "crm restarts at epoch 3", is("crm", 3))
+	// Placed elsewhere: stopped.
+	p.set(map[string]uint64{})
+	waitUntil(t, "crm stops when placed elsewhere", gone("crm"))
+	// A failing connector is retried with backoff until it runs.
+	p.set(map[string]uint64{"erp": 1})
+	waitUntil(t, "erp runs after two failures", is("erp", 1))
+	if f := failures.Load(); f < 3 {
+		t.Errorf("erp ran after %d attempts, want 3 (two failures then success)", f)
+	}
+	st := m.Statuses()
+	if len(st) != 1 || st[0].Name != "erp" || !st[0].Running || st[0].LastError != "database unreachable" {
+		t.Errorf("statuses = %+v", st)
+	}
+	// A connector placed here but not declared is not started.
+	p.set(map[string]uint64{"erp": 1, "ghost": 1})
+	time.Sleep(700 * time.Millisecond)
+	if _, ok := running.Load("ghost"); ok {
+		t.Error("an undeclared connector was started")
+	}
+	cancel()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after cancel")
+	}
+	if _, ok := running.Load("erp"); ok {
+		t.Error("a connector kept running after the manager stopped")
+	}
+}
