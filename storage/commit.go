@@ -50,6 +50,8 @@ type op struct {
 	// local edit
 	entity, id, origin string
 	prepare            PrepareFunc
+	// at, when set, is the edit's time at its source (a captured commit time)
+	at crdt.Timestamp
 	// remote edit
 	remote *crdt.Edit
 
@@ -66,6 +68,35 @@ func (s *Store) Write(ctx context.Context, entity, id, origin string, prepare Pr
 	}
 	return s.submit(ctx, &op{entity: entity, id: id, origin: origin, prepare: prepare})
 }
+
+// WriteAt is Write for an edit captured from a system that knows when it
+// happened (a commit time): the edit carries that time, made an HLC
+// timestamp, when it is within max-offset of this node's clock, and the
+// clock moves past it; otherwise the edit gets the clock's own Now().
+func (s *Store) WriteAt(ctx context.Context, entity, id, origin string, at time.Time, prepare PrepareFunc) (*Result, error) {
+	if err := crdt.CheckID(id); err != nil {
+		return nil, err
+	}
+	return s.submit(ctx, &op{entity: entity, id: id, origin: origin, prepare: prepare, at: crdt.TimestampFromTime(at)})
+}
+
+// sourceTime returns the timestamp of a local edit (see WriteAt).
+func (s *Store) sourceTime(at crdt.Timestamp) crdt.Timestamp {
+	if at == 0 {
+		return s.clock.Now()
+	}
+	phys := s.cfg.Physical()
+	if d := at.Millis() - phys; d > s.clock.MaxOffset().Milliseconds() || -d > s.clock.MaxOffset().Milliseconds() {
+		s.sourceClockSkew.Add(1)
+		return s.clock.Now()
+	}
+	_ = s.clock.Update(at) // within max-offset: cannot be refused
+	return at
+}
+
+// SourceClockSkew counts captured edits whose source time was beyond
+// max-offset of this node's clock (they got the node's own time instead).
+func (s *Store) SourceClockSkew() uint64 { return s.sourceClockSkew.Load() }
 
 // ApplyRemote applies an edit minted by another node. Edits of one origin
 // must arrive in sequence order: an edit at or below the origin's applied
@@ -320,7 +351,7 @@ func (s *Store) stage(st *batchState, o *op) {
 			return
 		}
 		e = &crdt.Edit{Entity: entity, ID: id, Origin: o.origin, Writes: writes,
-			Dot: crdt.Dot{Node: s.cfg.NodeID, Seq: seq}, TS: s.clock.Now()}
+			Dot: crdt.Dot{Node: s.cfg.NodeID, Seq: seq}, TS: s.sourceTime(o.at)}
 	}
 	rec.Apply(e)
 	st.conflicts += countConflicts(rec, e)

@@ -106,6 +106,8 @@ type Store struct {
 
 	// failed holds the error that stopped the store (set by committer or syncer).
 	failed atomic.Pointer[error]
+	// sourceClockSkew counts source times refused by WriteAt.
+	sourceClockSkew atomic.Uint64
 
 	// mu guards applied, the durable per-origin high-water marks, and subs.
 	mu struct {

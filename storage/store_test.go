@@ -1154,3 +1154,34 @@ func TestHLCCeilingAcrossRestart(t *testing.T) {
 		})
 	}
 }
+
+func TestWriteAtSourceTime(t *testing.T) {
+	ent := testEntity()
+	phys := newPhysClock(t0)
+	s := openStore(t, t.TempDir(), "n1", phys)
+	ctx := context.Background()
+	// Within max-offset: the edit carries the source's time, and the clock moves past it.
+	at := time.UnixMilli(t0 + 300)
+	res, err := s.WriteAt(ctx, ent.Name, "a", "postgres:crm", at, putFn(ent, str("x")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Edit.TS != crdt.TimestampFromTime(at) {
+		t.Errorf("edit TS = %s, want the source time %s", res.Edit.TS, crdt.TimestampFromTime(at))
+	}
+	if next := put(t, s, ent, "b", str("y")); next.Edit.TS <= res.Edit.TS {
+		t.Errorf("next local edit TS %s is not after the source time %s", next.Edit.TS, res.Edit.TS)
+	}
+	// Beyond max-offset (an hour off): the node's own time, counted.
+	far := time.UnixMilli(t0 - 3600_000)
+	res, err = s.WriteAt(ctx, ent.Name, "c", "postgres:crm", far, putFn(ent, str("z")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Edit.TS == crdt.TimestampFromTime(far) || res.Edit.TS.Millis() < t0 {
+		t.Errorf("edit TS = %s for a source time an hour off, want the node's clock", res.Edit.TS)
+	}
+	if got := s.SourceClockSkew(); got != 1 {
+		t.Errorf("SourceClockSkew = %d, want 1", got)
+	}
+}

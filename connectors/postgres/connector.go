@@ -200,6 +200,7 @@ func (c *Connector) seenOf(entity, id string) crdt.VV {
 
 // change is one captured row change.
 type change struct {
+	at      time.Time // commit time at the source
 	table   *Table
 	id      string
 	fields  map[string]crdt.Value
@@ -282,6 +283,7 @@ func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) e
 				c.log.Error("snapshot row skipped", "table", t.Name, "err", err)
 				continue
 			}
+			ch.at = time.Now()
 			batch = append(batch, ch)
 		}
 		rows.Close()
@@ -362,7 +364,7 @@ func (c *Connector) apply(ctx context.Context, changes []change) error {
 		wg.Add(1)
 		go func(i int, ch change) {
 			defer wg.Done()
-			res, err := c.store.Write(ctx, ent.Name, ch.id, c.origin, func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+			res, err := c.store.WriteAt(ctx, ent.Name, ch.id, c.origin, ch.at, func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
 				ec := crdt.EditContext{Token: tok, Explicit: true, Applied: env.Applied, History: env.History}
 				if ch.deleted {
 					if len(rec.Registers) == 0 {
@@ -417,6 +419,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 	next := time.Now().Add(5 * time.Second)
 	var tx struct {
 		echo    bool
+		at      time.Time
 		changes []change
 		msgs    [][]byte
 	}
@@ -470,7 +473,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 				c.mu.relations[m.RelationID] = &m.RelationMessage
 				c.mu.Unlock()
 			case *pglogrepl.BeginMessage:
-				tx.echo, tx.changes, tx.msgs = false, nil, nil
+				tx.echo, tx.at, tx.changes, tx.msgs = false, m.CommitTime, nil, nil
 			case *pglogrepl.OriginMessage:
 				if m.Name == c.cfg.originName() {
 					tx.echo = true
@@ -497,6 +500,9 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 					c.observeProjection(content)
 				}
 				if !tx.echo {
+					for i := range tx.changes {
+						tx.changes[i].at = tx.at
+					}
 					if err := c.apply(ctx, tx.changes); err != nil {
 						return err
 					}
