@@ -361,6 +361,7 @@ func (c *Connector) apply(ctx context.Context, changes []change) error {
 			continue
 		}
 		tok := c.seenOf(ch.table.Entity, ch.id)
+		c.log.Debug("capturing change", "entity", ch.table.Entity, "id", ch.id, "seen", tok.String(), "fields", len(ch.fields), "deleted", ch.deleted)
 		wg.Add(1)
 		go func(i int, ch change) {
 			defer wg.Done()
@@ -480,7 +481,8 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 				}
 			case *pglogrepl.LogicalDecodingMessageV2:
 				if m.Prefix == messagePrefix {
-					tx.msgs = append(tx.msgs, m.Content)
+					// Copy: the content aliases a buffer the connection reuses.
+					tx.msgs = append(tx.msgs, append([]byte(nil), m.Content...))
 				}
 			case *pglogrepl.InsertMessageV2:
 				if ch, ok := c.rowChange(m.RelationID, m.Tuple, false); ok {
@@ -495,6 +497,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 					tx.changes = append(tx.changes, ch)
 				}
 			case *pglogrepl.CommitMessage:
+				c.log.Debug("transaction decoded", "commit_lsn", m.CommitLSN.String(), "echo", tx.echo, "changes", len(tx.changes), "messages", len(tx.msgs))
 				// What lattice projected into these rows, in stream order.
 				for _, content := range tx.msgs {
 					c.observeProjection(content)
@@ -558,15 +561,19 @@ func (c *Connector) rowChange(rel uint32, tuple *pglogrepl.TupleData, deleted bo
 func (c *Connector) observeProjection(content []byte) {
 	parts := strings.SplitN(string(content), "\x00", 3)
 	if len(parts) != 3 {
+		c.log.Warn("malformed projection message in the stream", "bytes", len(content))
 		return
 	}
 	b, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {
+		c.log.Warn("malformed projection message in the stream", "err", err)
 		return
 	}
 	vv, err := crdt.DecodeToken(b)
 	if err != nil {
+		c.log.Warn("malformed projection message in the stream", "err", err)
 		return
 	}
+	c.log.Debug("projection seen in stream", "entity", parts[0], "id", parts[1], "context", vv.String())
 	c.observe(parts[0], parts[1], vv)
 }

@@ -83,7 +83,7 @@ func (e *env) connector(t *testing.T, name string, decl map[string]any) *postgre
 	if err != nil {
 		t.Fatal(err)
 	}
-	return postgres.New(cfg, e.store, e.schema, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})))
+	return postgres.New(cfg, e.store, e.schema, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug})))
 }
 
 type testWriter struct{ t *testing.T }

@@ -27,7 +27,14 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 	if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_session_setup($1)", c.cfg.originName()); err != nil {
 		return fmt.Errorf("connector %s: mark projection session with replication origin %s: %w", c.cfg.Name, c.cfg.originName(), err)
 	}
+	// The subscription is open: everything committed from here on arrives
+	// through it. Everything before is projected now from the records
+	// themselves (idempotent upserts). A checkpointed projection cursor,
+	// which makes this a resume instead of a full pass, is the next step.
 	pos := c.store.Applied()
+	if err := c.projectAll(ctx, conn); err != nil {
+		return err
+	}
 	for {
 		var batch []*crdt.Edit
 		select {
@@ -94,6 +101,32 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 			}
 		}
 	}
+}
+
+// projectAll projects every record of every mapped entity.
+func (c *Connector) projectAll(ctx context.Context, conn *pgx.Conn) error {
+	n := 0
+	for _, t := range c.cfg.Tables {
+		after := ""
+		for {
+			page, more, err := c.store.List(t.Entity, after, 500)
+			if err != nil {
+				return err
+			}
+			for _, r := range page {
+				after = r.ID
+				if err := c.projectRecord(ctx, conn, t.Entity, r.ID); err != nil {
+					return err
+				}
+				n++
+			}
+			if !more {
+				break
+			}
+		}
+	}
+	c.log.Info("initial projection done", "records", n)
+	return nil
 }
 
 // alreadyHolds reports whether every value an edit from this database wrote
@@ -201,6 +234,7 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 	if err := tx.Commit(tctx); err != nil {
 		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
 	}
+	c.log.Debug("projected", "entity", entity, "id", id, "deleted", deleted, "context", rec.Context.String())
 	return nil
 }
 
