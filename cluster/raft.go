@@ -220,6 +220,13 @@ func (n *Node) PutConnector(ctx context.Context, spec ConnectorSpec) error {
 	return err
 }
 
+// ReadCheckpoint returns a connector's last checkpoint.
+func (n *Node) ReadCheckpoint(connector string) (uint64, []byte, bool) {
+	st := n.fsm.read()
+	cp, ok := st.Checkpoints[connector]
+	return cp.Epoch, cp.Data, ok
+}
+
 // WriteCheckpoint stores a connector checkpoint, fenced by the placement
 // epoch: a node that no longer owns the connector gets ErrStaleEpoch.
 func (n *Node) WriteCheckpoint(ctx context.Context, connector string, epoch uint64, data []byte) error {

@@ -18,6 +18,14 @@ type Placement interface {
 	Owned() map[string]uint64
 }
 
+// Checkpointer stores a connector's position through the control plane,
+// fenced by its placement epoch: a node that no longer owns the connector
+// gets an error wrapping ErrStaleEpoch and must stop.
+type Checkpointer interface {
+	WriteCheckpoint(ctx context.Context, connector string, epoch uint64, data []byte) error
+	ReadCheckpoint(connector string) (epoch uint64, data []byte, ok bool)
+}
+
 // Runnable is a started connector.
 type Runnable interface {
 	// Run syncs until ctx ends; an error stops this attempt (the manager

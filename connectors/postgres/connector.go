@@ -3,6 +3,7 @@ package postgres
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -44,12 +45,34 @@ type Connector struct {
 		relations map[uint32]*pglogrepl.RelationMessage
 	}
 	colTypes map[string]map[string]string // table -> column -> SQL type
+
+	checkpoints connectors.Checkpointer
+	epoch       uint64
+}
+
+// Option configures a Connector.
+type Option func(*Connector)
+
+// WithCheckpoints makes the connector record its confirmed source position
+// through the control plane under its placement epoch. A write refused
+// because the epoch is stale (the connector moved) stops the connector.
+func WithCheckpoints(cp connectors.Checkpointer, epoch uint64) Option {
+	return func(c *Connector) { c.checkpoints, c.epoch = cp, epoch }
+}
+
+// checkpoint is what the connector records through the control plane.
+type checkpoint struct {
+	Slot string `json:"slot"`
+	LSN  string `json:"lsn"`
 }
 
 // New returns a connector; Run starts it.
-func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log *slog.Logger) *Connector {
+func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log *slog.Logger, opts ...Option) *Connector {
 	c := &Connector{cfg: cfg, store: store, schema: schema, origin: connectors.Origin("postgres", cfg.Name),
 		log: log.With("component", "connector", "connector", cfg.Name)}
+	for _, o := range opts {
+		o(c)
+	}
 	c.mu.seen = map[string]crdt.VV{}
 	c.mu.relations = map[uint32]*pglogrepl.RelationMessage{}
 	return c
@@ -219,6 +242,17 @@ func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
 		return err
 	}
 	var start pglogrepl.LSN
+	if !exists && c.checkpoints != nil {
+		if _, data, ok := c.checkpoints.ReadCheckpoint(c.cfg.Name); ok {
+			var cp checkpoint
+			_ = json.Unmarshal(data, &cp)
+			// Source safety: the slot the checkpoint refers to is gone (dropped,
+			// or the database was restored): changes since may be lost, so
+			// capture starts over from a snapshot rather than trust it.
+			c.log.Warn("replication slot from the last checkpoint is missing: taking a new initial snapshot",
+				"slot", c.cfg.Slot, "checkpoint_lsn", cp.LSN)
+		}
+	}
 	if !exists {
 		res, err := pglogrepl.CreateReplicationSlot(ctx, rconn, c.cfg.Slot, "pgoutput",
 			pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "EXPORT_SNAPSHOT"})
@@ -412,10 +446,20 @@ func (c *Connector) apply(ctx context.Context, changes []change) error {
 
 // stream consumes the replication stream until ctx ends.
 func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
-	var flushed pglogrepl.LSN
+	var flushed, recorded pglogrepl.LSN
 	status := func() error {
-		return pglogrepl.SendStandbyStatusUpdate(ctx, rconn, pglogrepl.StandbyStatusUpdate{
-			WALWritePosition: flushed, WALFlushPosition: flushed, WALApplyPosition: flushed, ClientTime: time.Now()})
+		if err := pglogrepl.SendStandbyStatusUpdate(ctx, rconn, pglogrepl.StandbyStatusUpdate{
+			WALWritePosition: flushed, WALFlushPosition: flushed, WALApplyPosition: flushed, ClientTime: time.Now()}); err != nil {
+			return err
+		}
+		if c.checkpoints != nil && flushed > recorded {
+			data, _ := json.Marshal(checkpoint{Slot: c.cfg.Slot, LSN: flushed.String()})
+			if err := c.checkpoints.WriteCheckpoint(ctx, c.cfg.Name, c.epoch, data); err != nil {
+				return fmt.Errorf("connector %s: checkpoint at epoch %d refused (did it move to another node?): %w", c.cfg.Name, c.epoch, err)
+			}
+			recorded = flushed
+		}
+		return nil
 	}
 	next := time.Now().Add(5 * time.Second)
 	var tx struct {
