@@ -150,3 +150,38 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 	cmd.Flags().BoolVar(&digest, "digest", false, "also count records and hash every record and its history (full scan)")
 	return cmd
 }
+
+func newConnectorsCmd(cf *clientFlags) *cobra.Command {
+	cmd := &cobra.Command{Use: "connectors", Short: "inspect the connectors declared in the configuration"}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "list",
+		Short: "list connectors, the node each runs on and its placement epoch",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return cf.withCluster(cmd, func(ctx context.Context, c pb.ClusterClient) error {
+				resp, err := c.Status(ctx, &pb.StatusRequest{})
+				if err != nil {
+					return err
+				}
+				if cf.output == "json" {
+					return printJSON(cmd.OutOrStdout(), &pb.StatusResponse{Connectors: resp.GetConnectors()})
+				}
+				if len(resp.GetConnectors()) == 0 {
+					fmt.Fprintln(cmd.OutOrStdout(), "no connectors: declare them under connectors: in the configuration (lattice config apply FILE)")
+					return nil
+				}
+				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+				fmt.Fprintln(tw, "CONNECTOR\tKIND\tNODE\tEPOCH")
+				for _, p := range resp.GetConnectors() {
+					node := p.GetNode()
+					if node == "" {
+						node = "(not placed: no Raft leader?)"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", p.GetName(), p.GetKind(), node, p.GetEpoch())
+				}
+				return tw.Flush()
+			})
+		},
+	})
+	return cmd
+}

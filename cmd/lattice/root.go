@@ -43,7 +43,7 @@ Start a node with "lattice agent", then use the client commands against it.`,
 	root.PersistentFlags().DurationVar(&cf.timeout, "timeout", 10*time.Second, "timeout of each request")
 	root.AddCommand(
 		newAgentCmd(), newDevCmd(),
-		newMembersCmd(cf), newLeaveCmd(cf), newConfigCmd(cf), newStatusCmd(cf),
+		newMembersCmd(cf), newLeaveCmd(cf), newConfigCmd(cf), newStatusCmd(cf), newConnectorsCmd(cf),
 		newPutCmd(cf), newGetCmd(cf), newDeleteCmd(cf), newListCmd(cf),
 		newHistoryCmd(cf), newResolveCmd(cf), newWatchCmd(cf),
 	)
