@@ -18,6 +18,10 @@ build: ## build bin/lattice
 run: build ## build and start a local three-node cluster on 127.0.0.1:7101-7103 (quickstart config); Ctrl-C stops
 	$(BIN) dev --nodes 3 --config cmd/lattice/quickstart.yaml
 
+.PHONY: demo
+demo: build deps ## scripted tour: two PostgreSQL databases kept in sync by a three-node cluster (needs 127.0.0.1:7101-7403 free)
+	$(GO) run ./cmd/lattice-demo --lattice $(BIN)
+
 PGBIN := /usr/lib/postgresql/15/bin
 
 .PHONY: deps

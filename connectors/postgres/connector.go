@@ -43,7 +43,18 @@ type Connector struct {
 		seen map[string]crdt.VV
 		// relations maps pgoutput relation ids to their metadata.
 		relations map[uint32]*pglogrepl.RelationMessage
+		// rows is, per row, the mapped values the database holds as its
+		// change stream last showed them (native changes and lattice's own
+		// projections alike); absent when unknown. Capture writes only the
+		// fields a change really changed; projection skips a record the
+		// database already holds.
+		rows map[string]map[string]crdt.Value
+		// deleted marks rows whose last change in the stream was a delete.
+		deleted map[string]bool
 	}
+	// ready is closed once capture has its slot and initial snapshot, so
+	// projection never writes rows the snapshot would read back as native.
+	ready chan struct{}
 	colTypes map[string]map[string]string // table -> column -> SQL type
 
 	checkpoints connectors.Checkpointer
@@ -75,6 +86,9 @@ func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log 
 	}
 	c.mu.seen = map[string]crdt.VV{}
 	c.mu.relations = map[uint32]*pglogrepl.RelationMessage{}
+	c.mu.rows = map[string]map[string]crdt.Value{}
+	c.mu.deleted = map[string]bool{}
+	c.ready = make(chan struct{})
 	return c
 }
 
@@ -101,9 +115,19 @@ func (c *Connector) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		if !c.cfg.Capture {
+			close(c.ready)
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			select {
+			case <-c.ready:
+			case <-ctx.Done():
+				sub.Close()
+				errs <- ctx.Err()
+				return
+			}
 			errs <- c.project(ctx, sub)
 		}()
 	}
@@ -269,6 +293,7 @@ func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
 			return err
 		}
 	}
+	close(c.ready)
 	err = pglogrepl.StartReplication(ctx, rconn, c.cfg.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: []string{
 		"proto_version '2'", fmt.Sprintf("publication_names '%s'", c.cfg.Publication), "messages 'true'"}})
 	if err != nil {
@@ -318,6 +343,7 @@ func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) e
 				continue
 			}
 			ch.at = time.Now()
+			c.remember(ch)
 			batch = append(batch, ch)
 		}
 		rows.Close()
@@ -546,11 +572,22 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 				for _, content := range tx.msgs {
 					c.observeProjection(content)
 				}
-				if !tx.echo {
-					for i := range tx.changes {
-						tx.changes[i].at = tx.at
+				if tx.echo {
+					// Lattice's own writes: not captured, but they are what the
+					// rows now hold.
+					for _, ch := range tx.changes {
+						c.remember(ch)
 					}
-					if err := c.apply(ctx, tx.changes); err != nil {
+				} else {
+					var changes []change
+					for _, ch := range tx.changes {
+						ch.at = tx.at
+						if d, ok := c.diff(ch); ok {
+							changes = append(changes, d)
+						}
+						c.remember(ch)
+					}
+					if err := c.apply(ctx, changes); err != nil {
 						return err
 					}
 				}
@@ -559,6 +596,73 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 			}
 		}
 	}
+}
+
+// remember records what a row holds after a change.
+func (c *Connector) remember(ch change) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := rowKey(ch.table.Entity, ch.id)
+	if ch.deleted {
+		delete(c.mu.rows, k)
+		c.mu.deleted[k] = true
+		return
+	}
+	delete(c.mu.deleted, k)
+	row := c.mu.rows[k]
+	if row == nil {
+		row = map[string]crdt.Value{}
+		c.mu.rows[k] = row
+	}
+	for f, v := range ch.fields {
+		row[f] = v
+	}
+}
+
+// diff narrows a native change to the fields it really changed, against
+// what the stream last showed the row holding: an UPDATE of one column is
+// an edit of one field, not of the whole row. A row never seen (or seen
+// deleted) keeps every field. ok is false when nothing changed.
+func (c *Connector) diff(ch change) (change, bool) {
+	if ch.deleted {
+		return ch, true
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := rowKey(ch.table.Entity, ch.id)
+	prev, known := c.mu.rows[k]
+	if !known || c.mu.deleted[k] {
+		return ch, true
+	}
+	out := ch
+	out.fields = map[string]crdt.Value{}
+	for f, v := range ch.fields {
+		if old, ok := prev[f]; !ok || !old.Equal(v) {
+			out.fields[f] = v
+		}
+	}
+	return out, len(out.fields) > 0
+}
+
+// holds reports whether the database, as its stream last showed it, holds
+// exactly these mapped values for a row (or has it deleted, for deleted).
+func (c *Connector) holds(entity, id string, values map[string]crdt.Value, deleted bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := rowKey(entity, id)
+	if deleted {
+		return c.mu.deleted[k]
+	}
+	row, ok := c.mu.rows[k]
+	if !ok {
+		return false
+	}
+	for f, v := range values {
+		if old, ok := row[f]; !ok || !old.Equal(v) {
+			return false
+		}
+	}
+	return true
 }
 
 // rowChange decodes a tuple of a mapped table.

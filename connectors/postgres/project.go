@@ -86,9 +86,6 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 			if len(e.Writes) == 0 || c.cfg.tableFor(e.Entity) == nil {
 				continue
 			}
-			if e.Origin == c.origin && c.alreadyHolds(e) {
-				continue // echo: the database wrote exactly what resolved
-			}
 			k := rowKey(e.Entity, e.ID)
 			if !seen[k] {
 				seen[k] = true
@@ -129,30 +126,6 @@ func (c *Connector) projectAll(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
-// alreadyHolds reports whether every value an edit from this database wrote
-// is still the resolved value (so projecting it back would be an echo).
-func (c *Connector) alreadyHolds(e *crdt.Edit) bool {
-	ent, ok := c.schema.Schema().Entity(e.Entity)
-	if !ok {
-		return true
-	}
-	rec, err := c.store.Get(e.Entity, e.ID)
-	if err != nil {
-		return false
-	}
-	for _, w := range e.Writes {
-		reg := rec.Register(w.Register)
-		if reg == nil {
-			return false
-		}
-		win, _ := reg.Resolve(ent.PolicyOf(w.Register))
-		if win < 0 || reg.Versions[win].Dot != e.Dot {
-			return false
-		}
-	}
-	return true
-}
-
 // projectRecord writes one record's resolved state in one transaction.
 func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, id string) error {
 	t := c.cfg.tableFor(entity)
@@ -166,8 +139,18 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 	}
 	fields, deleted := ent.View(rec)
 	values := map[string]crdt.Value{}
+	mapped := map[string]crdt.Value{}
 	for _, f := range fields {
 		values[f.Name] = f.Value
+	}
+	for _, field := range t.Columns {
+		mapped[field] = values[field]
+	}
+	// Skip what the database already holds, as its own change stream last
+	// showed it (not lattice's view of it): a row whose own edit won is not
+	// written back, and one that a projection overwrote is.
+	if c.holds(entity, id, mapped, deleted) {
+		return nil
 	}
 	keys := strings.Split(id, "/")
 	if len(keys) != len(t.Key) {

@@ -22,7 +22,9 @@
 //
 // Start registers a cleanup with the test that stops the server
 // (pg_ctl stop -m fast) and removes the directory. Stop, Restart and Kill
-// exist for restart and crash tests. WithConf adds or overrides
+// exist for restart and crash tests. Programs that are not tests (for example
+// cmd/lattice-demo) use Launch, which returns errors instead, with Close and
+// ExecContext. WithConf adds or overrides
 // postgresql.conf settings, for example WithConf("wal_level", "replica") for
 // a negative test.
 //
@@ -92,7 +94,7 @@ func (c *config) set(key, value string) {
 	c.settings = append(c.settings, setting{key, value})
 }
 
-// Option configures Start.
+// Option configures Start and Launch.
 type Option func(*config)
 
 // WithConf adds or overrides a postgresql.conf setting. The value is given
@@ -104,7 +106,7 @@ func WithConf(key, value string) Option {
 	return func(c *config) { c.set(key, value) }
 }
 
-// Server is a private PostgreSQL instance started by Start.
+// Server is a private PostgreSQL instance started by Start or Launch.
 type Server struct {
 	// Port is the TCP port on 127.0.0.1 (also the unix socket's port number).
 	Port int
@@ -171,9 +173,22 @@ func hasTools(dir string) bool {
 // stops the server (pg_ctl stop -m fast) and removes the directory.
 func Start(tb testing.TB, opts ...Option) *Server {
 	tb.Helper()
-	bin, err := Bin()
+	s, err := Launch(opts...)
 	if err != nil {
 		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { s.cleanup(tb) })
+	return s
+}
+
+// Launch is Start for programs that are not tests: it starts the same
+// server but returns errors instead of failing a test, and registers no
+// cleanup: the caller must call Close. On error nothing is left behind (no
+// process, no directory).
+func Launch(opts ...Option) (*Server, error) {
+	bin, err := Bin()
+	if err != nil {
+		return nil, err
 	}
 	s := &Server{bin: bin}
 	s.cfg.set("wal_level", "logical")
@@ -187,35 +202,43 @@ func Start(tb testing.TB, opts ...Option) *Server {
 	if os.Geteuid() == 0 {
 		u, err := user.Lookup(osUser)
 		if err != nil {
-			tb.Fatalf("pgtest: running as root, but the %q OS user needed to run PostgreSQL does not exist (%v); install PostgreSQL with `apt-get install postgresql`", osUser, err)
+			return nil, fmt.Errorf("pgtest: running as root, but the %q OS user needed to run PostgreSQL does not exist (%v); install PostgreSQL with `apt-get install postgresql`", osUser, err)
 		}
 		s.uid, _ = strconv.Atoi(u.Uid)
 		s.gid, _ = strconv.Atoi(u.Gid)
 		s.runuser, err = exec.LookPath("runuser")
 		if err != nil {
-			tb.Fatalf("pgtest: running as root, but runuser (util-linux) is not available: %v", err)
+			return nil, fmt.Errorf("pgtest: running as root, but runuser (util-linux) is not available: %v", err)
 		}
 		s.runAs = true
 	}
 
 	s.Dir, err = makeDir(s.runAs, s.uid, s.gid)
 	if err != nil {
-		tb.Fatal(err)
+		return nil, err
 	}
 	s.dataDir = filepath.Join(s.Dir, "data")
 	s.logFile = filepath.Join(s.Dir, "log")
-	tb.Cleanup(func() { s.cleanup(tb) })
+	if err := s.launch(); err != nil {
+		_ = s.Close()
+		return nil, err
+	}
+	return s, nil
+}
 
+// launch runs initdb, writes the configuration and starts the server.
+func (s *Server) launch() error {
 	if out, err := s.run(initdbTimeout, "initdb",
 		"-D", s.dataDir, "-A", "trust", "-E", "UTF8", "--no-locale", "--no-sync", "-U", "postgres"); err != nil {
-		tb.Fatalf("pgtest: initdb: %v\n%s", err, out)
+		return fmt.Errorf("pgtest: initdb: %v\n%s", err, out)
 	}
+	var err error
 	s.baseConf, err = os.ReadFile(filepath.Join(s.dataDir, "postgresql.conf"))
 	if err != nil {
-		tb.Fatalf("pgtest: %v", err)
+		return fmt.Errorf("pgtest: %v", err)
 	}
 	if err := writeExisting(filepath.Join(s.dataDir, "pg_hba.conf"), []byte(hbaConf)); err != nil {
-		tb.Fatalf("pgtest: %v", err)
+		return fmt.Errorf("pgtest: %v", err)
 	}
 
 	s.mu.Lock()
@@ -224,23 +247,22 @@ func Start(tb testing.TB, opts ...Option) *Server {
 	for attempt := 1; attempt <= startAttempts; attempt++ {
 		port, err := freePort()
 		if err != nil {
-			tb.Fatalf("pgtest: picking a free port: %v", err)
+			return fmt.Errorf("pgtest: picking a free port: %v", err)
 		}
 		s.Port = port
 		if err := s.writeConf(); err != nil {
-			tb.Fatalf("pgtest: %v", err)
+			return fmt.Errorf("pgtest: %v", err)
 		}
 		portTaken, err := s.startLocked()
 		if err == nil {
-			return s
+			return nil
 		}
 		lastErr = err
 		if !portTaken {
 			break
 		}
 	}
-	tb.Fatal(lastErr)
-	return nil
+	return lastErr
 }
 
 const hbaConf = `# written by pgtest
@@ -470,14 +492,24 @@ func (s *Server) Exec(tb testing.TB, db, sql string, args ...any) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), sqlTimeout)
 	defer cancel()
+	if err := s.ExecContext(ctx, db, sql, args...); err != nil {
+		tb.Fatal(err)
+	}
+}
+
+// ExecContext runs sql with args on database db through a new pgx
+// connection, for programs that are not tests. Without args, sql may hold
+// several statements.
+func (s *Server) ExecContext(ctx context.Context, db, sql string, args ...any) error {
 	conn, err := pgx.Connect(ctx, s.DSN(db))
 	if err != nil {
-		tb.Fatalf("pgtest: connect to %q: %v", db, err)
+		return fmt.Errorf("pgtest: connect to %q: %v", db, err)
 	}
 	defer conn.Close(context.Background())
 	if _, err := conn.Exec(ctx, sql, args...); err != nil {
-		tb.Fatalf("pgtest: exec on %q: %v\nSQL: %s", db, err, sql)
+		return fmt.Errorf("pgtest: exec on %q: %v\nSQL: %s", db, err, sql)
 	}
+	return nil
 }
 
 // Stop stops the server with pg_ctl stop -m fast. It does nothing if the
@@ -634,23 +666,41 @@ func alive(p int) bool {
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
 
-// cleanup stops the server if it is running and removes the directory.
+// cleanup stops the server if it is running and removes the directory,
+// reporting through the test (Start's cleanup).
 func (s *Server) cleanup(tb testing.TB) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
 	if tb.Failed() {
 		tb.Logf("pgtest: last %d lines of server log %s:\n%s", logTailLines, s.logFile, s.LogTail(logTailLines))
 	}
+	for _, err := range s.shutdown() {
+		tb.Logf("%v", err)
+	}
+}
+
+// Close stops the server if it is running (pg_ctl stop -m fast, else a
+// kill) and removes the directory. It is safe to call more than once. Use it
+// with Launch; servers from Start are closed by the test's cleanup.
+func (s *Server) Close() error {
+	return errors.Join(s.shutdown()...)
+}
+
+// shutdown stops the server if a postmaster may be running (killing it if
+// pg_ctl stop fails) and removes the directory. It returns what went wrong.
+func (s *Server) shutdown() []error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var errs []error
 	if _, err := os.Stat(filepath.Join(s.dataDir, "postmaster.pid")); err == nil {
 		s.running = true // whatever we believed, a postmaster may be there
 		if err := s.stopLocked(); err != nil {
-			tb.Logf("%v; killing it", err)
+			errs = append(errs, fmt.Errorf("%v; killing it", err))
 			if err := s.killLocked(); err != nil {
-				tb.Logf("%v", err)
+				errs = append(errs, err)
 			}
 		}
 	}
 	if err := os.RemoveAll(s.Dir); err != nil {
-		tb.Logf("pgtest: removing %s: %v", s.Dir, err)
+		errs = append(errs, fmt.Errorf("pgtest: removing %s: %w", s.Dir, err))
 	}
+	return errs
 }
