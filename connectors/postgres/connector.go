@@ -54,7 +54,7 @@ type Connector struct {
 	}
 	// ready is closed once capture has its slot and initial snapshot, so
 	// projection never writes rows the snapshot would read back as native.
-	ready chan struct{}
+	ready    chan struct{}
 	colTypes map[string]map[string]string // table -> column -> SQL type
 
 	checkpoints connectors.Checkpointer
