@@ -1,0 +1,146 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	pb "github.com/lattice-sync/lattice/api/lattice/v1"
+	"github.com/lattice-sync/lattice/cluster/clustertest"
+	"github.com/lattice-sync/lattice/connectors/postgres/pgtest"
+)
+
+var latticeBin string
+
+func TestMain(m *testing.M) {
+	clustertest.EnterNetNS()
+	dir, err := os.MkdirTemp("", "lattice-pg-test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	latticeBin, err = clustertest.Build(dir)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// TestConnectorOwnerKilled: rows keep arriving in crm while the node that
+// runs crm's connector is SIGKILLed; the Raft leader moves the connector,
+// the new owner resumes from the replication slot, and billing ends up with
+// every row.
+func TestConnectorOwnerKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster and two databases")
+	}
+	crm, billing := pgtest.Start(t), pgtest.Start(t)
+	crm.CreateDB(t, "crm")
+	billing.CreateDB(t, "billing")
+	crm.Exec(t, "crm", `CREATE TABLE customers (customer_id int PRIMARY KEY, full_name text, email_address text, phone text)`)
+	billing.Exec(t, "billing", `CREATE TABLE clients (client_ref int PRIMARY KEY, name text, email text, tel text)`)
+	cfg := schemaYAML + fmt.Sprintf(`connectors:
+  crm:
+    kind: postgres
+    dsn: %q
+    tables:
+      customers:
+        entity: contact
+        key: [customer_id]
+        columns: {full_name: name, email_address: email, phone: phone}
+  billing:
+    kind: postgres
+    dsn: %q
+    tables:
+      clients:
+        entity: contact
+        key: [client_ref]
+        columns: {name: name, email: email, tel: phone}
+`, crm.DSN("crm"), billing.DSN("billing"))
+	c := clustertest.Start(t, latticeBin, 3, clustertest.Options{Config: cfg})
+
+	owner := func(name string) (string, uint64) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		for _, nd := range c.Nodes {
+			if !nd.Running() {
+				continue
+			}
+			st, err := nd.Cluster().Status(ctx, &pb.StatusRequest{})
+			if err != nil {
+				continue
+			}
+			for _, p := range st.GetConnectors() {
+				if p.GetName() == name {
+					return p.GetNode(), p.GetEpoch()
+				}
+			}
+		}
+		return "", 0
+	}
+	eventually(t, "connectors placed", func() (bool, string) {
+		a, _ := owner("crm")
+		b, _ := owner("billing")
+		return a != "" && b != "", a + " " + b
+	})
+	const total = 300
+	insert := func(from, to int) {
+		for i := from; i < to; i++ {
+			crm.Exec(t, "crm", `INSERT INTO customers VALUES ($1, $2, $3, '0')`, i, fmt.Sprintf("name-%d", i), fmt.Sprintf("c%d@example.com", i))
+		}
+	}
+	countBilling := func() int {
+		r := query(t, billing, "billing", "SELECT count(*) FROM clients")
+		var n int
+		fmt.Sscan(r[0], &n)
+		return n
+	}
+	insert(0, 100)
+	eventually(t, "first rows reach billing", func() (bool, string) { n := countBilling(); return n > 0, fmt.Sprint(n) })
+
+	id, epoch := owner("crm")
+	var victim *clustertest.Node
+	for _, nd := range c.Nodes {
+		if nd.ID == id {
+			victim = nd
+		}
+	}
+	if victim == nil {
+		t.Fatalf("crm connector placed on unknown node %q", id)
+	}
+	c.Kill(victim)
+	insert(100, total) // written while the connector has no live owner, then after it moved
+	eventually(t, "crm's connector moves off the killed node", func() (bool, string) {
+		n, e := owner("crm")
+		return n != "" && n != id && e > epoch, fmt.Sprintf("%s@%d", n, e)
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for countBilling() != total {
+		if time.Now().After(deadline) {
+			var logs []string
+			for _, nd := range c.Nodes {
+				logs = append(logs, nd.ID+":\n"+tailLines(nd.Logs(), 15))
+			}
+			t.Fatalf("billing holds %d of %d rows 60 s after the move\n%s", countBilling(), total, strings.Join(logs, "\n"))
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	got := query(t, billing, "billing", fmt.Sprintf("SELECT name FROM clients WHERE client_ref = %d", total-1))
+	if len(got) != 1 || got[0] != fmt.Sprintf("name-%d", total-1) {
+		t.Errorf("last row in billing = %v", got)
+	}
+}
+
+func tailLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
