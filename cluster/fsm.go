@@ -7,6 +7,7 @@ import (
 	"io"
 	"sort"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/raft"
 )
@@ -36,6 +37,18 @@ type Checkpoint struct {
 	Data  []byte `json:"data"`
 }
 
+// DeadLetter is a change a connector could not apply (see connectors.Letter).
+type DeadLetter struct {
+	ID        uint64    `json:"id"`
+	Direction string    `json:"direction"`
+	Entity    string    `json:"entity"`
+	RecordID  string    `json:"record_id"`
+	Error     string    `json:"error"`
+	At        time.Time `json:"at"`
+	Attempts  uint32    `json:"attempts"`
+	Replay    bool      `json:"replay"`
+}
+
 // State is the control-plane state replicated by Raft.
 type State struct {
 	// ConfigYAML is the entity configuration; ConfigIndex the Raft index
@@ -48,11 +61,13 @@ type State struct {
 	Checkpoints map[string]Checkpoint    `json:"checkpoints"`
 	// Removed lists nodes taken out of the cluster for good.
 	Removed map[string]bool `json:"removed"`
+	// DeadLetters holds each connector's dead-letter queue.
+	DeadLetters map[string][]DeadLetter `json:"dead_letters"`
 }
 
 func newState() State {
 	return State{Connectors: map[string]ConnectorSpec{}, Placement: map[string]Placement{},
-		Checkpoints: map[string]Checkpoint{}, Removed: map[string]bool{}}
+		Checkpoints: map[string]Checkpoint{}, Removed: map[string]bool{}, DeadLetters: map[string][]DeadLetter{}}
 }
 
 // command is one Raft log entry.
@@ -65,6 +80,10 @@ type command struct {
 	Node       string         `json:"node,omitempty"`
 	Epoch      uint64         `json:"epoch,omitempty"`
 	Data       []byte         `json:"data,omitempty"`
+	Letter     *DeadLetter    `json:"letter,omitempty"`
+	IDs        []uint64       `json:"ids,omitempty"`
+	All        bool           `json:"all,omitempty"`
+	Error      string         `json:"error,omitempty"`
 }
 
 // fsm applies commands to State.
@@ -123,6 +142,55 @@ func (f *fsm) apply(c *command, index uint64) (res any, configChanged bool) {
 				ErrStaleEpoch, c.Name, c.Node, c.Epoch, cur.Node, cur.Epoch), false
 		}
 		s.Checkpoints[c.Name] = Checkpoint{Epoch: c.Epoch, Data: c.Data}
+	case "dlq_add":
+		if c.Letter == nil {
+			return errors.New("dead letter missing"), false
+		}
+		q := s.DeadLetters[c.Name]
+		for i := range q {
+			if q[i].Direction == c.Letter.Direction && q[i].Entity == c.Letter.Entity && q[i].RecordID == c.Letter.RecordID {
+				// The same record refused again: one entry, counted.
+				q[i].Error, q[i].At, q[i].Attempts = c.Letter.Error, c.Letter.At, q[i].Attempts+1
+				return nil, false
+			}
+		}
+		l := *c.Letter
+		l.ID, l.Attempts, l.Replay = index, 1, false
+		s.DeadLetters[c.Name] = append(q, l)
+	case "dlq_replay", "dlq_discard":
+		q := s.DeadLetters[c.Name]
+		sel := map[uint64]bool{}
+		for _, id := range c.IDs {
+			sel[id] = true
+		}
+		out := q[:0]
+		for _, l := range q {
+			hit := c.All || sel[l.ID]
+			if c.Op == "dlq_discard" && hit {
+				continue
+			}
+			if hit {
+				l.Replay = true
+			}
+			out = append(out, l)
+		}
+		s.DeadLetters[c.Name] = out
+	case "dlq_result":
+		q := s.DeadLetters[c.Name]
+		out := q[:0]
+		for _, l := range q {
+			if len(c.IDs) == 1 && l.ID == c.IDs[0] {
+				if c.Error == "" {
+					continue // replayed: gone from the queue
+				}
+				l.Error, l.Replay, l.Attempts = c.Error, false, l.Attempts+1
+				if c.Letter != nil {
+					l.At = c.Letter.At
+				}
+			}
+			out = append(out, l)
+		}
+		s.DeadLetters[c.Name] = out
 	case "remove_node":
 		s.Removed[c.Node] = true
 	case "readmit_node":

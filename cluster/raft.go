@@ -220,6 +220,40 @@ func (n *Node) PutConnector(ctx context.Context, spec ConnectorSpec) error {
 	return err
 }
 
+// AddDeadLetter records a change a connector could not apply.
+func (n *Node) AddDeadLetter(ctx context.Context, connector string, l DeadLetter) error {
+	_, err := n.propose(ctx, command{Op: "dlq_add", Name: connector, Letter: &l})
+	return err
+}
+
+// DeadLetters returns a connector's queue.
+func (n *Node) DeadLetters(connector string) []DeadLetter {
+	return n.fsm.read().DeadLetters[connector]
+}
+
+// ReplayDeadLetters flags entries for the owner to retry; DiscardDeadLetters drops them.
+func (n *Node) ReplayDeadLetters(ctx context.Context, connector string, ids []uint64, all bool) error {
+	_, err := n.propose(ctx, command{Op: "dlq_replay", Name: connector, IDs: ids, All: all})
+	return err
+}
+
+// DiscardDeadLetters drops entries for good.
+func (n *Node) DiscardDeadLetters(ctx context.Context, connector string, ids []uint64, all bool) error {
+	_, err := n.propose(ctx, command{Op: "dlq_discard", Name: connector, IDs: ids, All: all})
+	return err
+}
+
+// ResolveDeadLetter reports a retry's outcome: nil removes the entry.
+func (n *Node) ResolveDeadLetter(ctx context.Context, connector string, id uint64, failure error) error {
+	c := command{Op: "dlq_result", Name: connector, IDs: []uint64{id}}
+	if failure != nil {
+		c.Error = failure.Error()
+		c.Letter = &DeadLetter{At: time.Now().UTC()}
+	}
+	_, err := n.propose(ctx, c)
+	return err
+}
+
 // ReadCheckpoint returns a connector's last checkpoint.
 func (n *Node) ReadCheckpoint(connector string) (uint64, []byte, bool) {
 	st := n.fsm.read()

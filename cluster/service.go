@@ -8,6 +8,7 @@ import (
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/lattice-sync/lattice/api/lattice/v1"
 	"github.com/lattice-sync/lattice/crdt"
@@ -161,6 +162,58 @@ func (s *service) Leave(ctx context.Context, _ *pb.LeaveRequest) (*pb.LeaveRespo
 	}
 	go s.n.cfg.OnLeave()
 	return &pb.LeaveResponse{}, nil
+}
+
+func (s *service) DeadLetters(ctx context.Context, req *pb.DeadLettersRequest) (*pb.DeadLettersResponse, error) {
+	if err := s.knownConnector(req.GetConnector()); err != nil {
+		return nil, err
+	}
+	return s.letters(req.GetConnector()), nil
+}
+
+func (s *service) ReplayDeadLetters(ctx context.Context, req *pb.DeadLetterIDs) (*pb.DeadLettersResponse, error) {
+	if err := s.knownConnector(req.GetConnector()); err != nil {
+		return nil, err
+	}
+	if !req.GetAll() && len(req.GetIds()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "name entries by id, or ask for all")
+	}
+	if err := s.n.ReplayDeadLetters(ctx, req.GetConnector(), req.GetIds(), req.GetAll()); err != nil {
+		return nil, toStatus(err)
+	}
+	return s.letters(req.GetConnector()), nil
+}
+
+func (s *service) DiscardDeadLetters(ctx context.Context, req *pb.DeadLetterIDs) (*pb.DeadLettersResponse, error) {
+	if err := s.knownConnector(req.GetConnector()); err != nil {
+		return nil, err
+	}
+	if !req.GetAll() && len(req.GetIds()) == 0 {
+		return nil, status.Error(codes.InvalidArgument, "name entries by id, or ask for all")
+	}
+	if err := s.n.DiscardDeadLetters(ctx, req.GetConnector(), req.GetIds(), req.GetAll()); err != nil {
+		return nil, toStatus(err)
+	}
+	return s.letters(req.GetConnector()), nil
+}
+
+func (s *service) knownConnector(name string) error {
+	if name == "" {
+		return status.Error(codes.InvalidArgument, "connector is required")
+	}
+	if _, ok := s.n.fsm.read().Connectors[name]; !ok {
+		return status.Errorf(codes.NotFound, "no connector %q (see lattice connectors list)", name)
+	}
+	return nil
+}
+
+func (s *service) letters(name string) *pb.DeadLettersResponse {
+	out := &pb.DeadLettersResponse{}
+	for _, l := range s.n.DeadLetters(name) {
+		out.Entries = append(out.Entries, &pb.DeadLetter{Id: l.ID, Direction: l.Direction, Entity: l.Entity, RecordId: l.RecordID,
+			Error: l.Error, At: timestamppb.New(l.At), Attempts: l.Attempts, ReplayRequested: l.Replay})
+	}
+	return out
 }
 
 func toStatus(err error) error {

@@ -26,6 +26,36 @@ type Checkpointer interface {
 	ReadCheckpoint(connector string) (epoch uint64, data []byte, ok bool)
 }
 
+// Letter is a change a connector could not apply: a projection the system
+// refused (a constraint or type violation) or a source change that could
+// not become an edit. It stays in the connector's dead-letter queue (held
+// by the control plane, so it survives the connector moving) until it is
+// replayed successfully or discarded.
+type Letter struct {
+	ID        uint64
+	Direction string // DirectionProject or DirectionCapture
+	Entity    string
+	RecordID  string
+	Error     string
+	At        time.Time
+	Attempts  uint32
+	Replay    bool // an operator asked for a retry
+}
+
+// Dead-letter directions.
+const (
+	DirectionProject = "project"
+	DirectionCapture = "capture"
+)
+
+// DeadLetters is a connector's dead-letter queue.
+type DeadLetters interface {
+	Add(ctx context.Context, connector string, l Letter) error
+	List(connector string) []Letter
+	// Resolve reports the outcome of a replay: nil removes the entry.
+	Resolve(ctx context.Context, connector string, id uint64, failure error) error
+}
+
 // Runnable is a started connector.
 type Runnable interface {
 	// Run syncs until ctx ends; an error stops this attempt (the manager

@@ -255,7 +255,8 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 			if err != nil {
 				return nil, err
 			}
-			return postgres.New(cfg, store, records, log, postgres.WithCheckpoints(node, epoch)), nil
+			return postgres.New(cfg, store, records, log, postgres.WithCheckpoints(node, epoch),
+				postgres.WithDeadLetters(dlqAdapter{node})), nil
 		}
 		return nil, fmt.Errorf("connector %q: unknown kind %q (supported: postgres)", decl.Name, decl.Kind)
 	}, log)

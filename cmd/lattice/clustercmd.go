@@ -153,6 +153,7 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 
 func newConnectorsCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "connectors", Short: "inspect the connectors declared in the configuration"}
+	cmd.AddCommand(newDLQCmd(cf))
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "list connectors, the node each runs on and its placement epoch",

@@ -59,6 +59,23 @@ type Connector struct {
 
 	checkpoints connectors.Checkpointer
 	epoch       uint64
+	dlq         connectors.DeadLetters
+}
+
+// WithDeadLetters gives the connector its dead-letter queue. Without one,
+// refused changes are only logged (tests).
+func WithDeadLetters(q connectors.DeadLetters) Option {
+	return func(c *Connector) { c.dlq = q }
+}
+
+// deadLetter records a refused change; it fails only if the queue itself
+// cannot be written, and then the change is not acknowledged either.
+func (c *Connector) deadLetter(ctx context.Context, dir, entity, id string, cause error) error {
+	c.log.Error("change refused: sent to the dead-letter queue", "direction", dir, "entity", entity, "id", id, "err", cause)
+	if c.dlq == nil {
+		return nil
+	}
+	return c.dlq.Add(ctx, c.cfg.Name, connectors.Letter{Direction: dir, Entity: entity, RecordID: id, Error: cause.Error(), At: time.Now().UTC()})
 }
 
 // Option configures a Connector.
@@ -458,13 +475,15 @@ func (c *Connector) apply(ctx context.Context, changes []change) error {
 	}
 	wg.Wait()
 	for i, err := range errs {
-		if err != nil {
-			// Bad data from the source: reported, not silently dropped; the
-			// dead-letter queue comes with the rest of the connector issue.
-			c.log.Error("captured change refused", "table", changes[i].table.Name, "id", changes[i].id, "err", err)
-			if !errors.Is(err, crdt.ErrInvalid) {
-				return err
-			}
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, crdt.ErrInvalid) {
+			return err
+		}
+		// Bad data from the source: to the dead-letter queue, never dropped.
+		if err := c.deadLetter(ctx, connectors.DirectionCapture, changes[i].table.Entity, changes[i].id, err); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -144,3 +144,87 @@ func tailLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// TestDeadLetterReplay: a row billing refuses (a CHECK constraint) goes to
+// the connector's dead-letter queue, visible from any node; after the
+// constraint is fixed, a replay lands it and empties the queue.
+func TestDeadLetterReplay(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster and two databases")
+	}
+	crm, billing := pgtest.Start(t), pgtest.Start(t)
+	crm.CreateDB(t, "crm")
+	billing.CreateDB(t, "billing")
+	crm.Exec(t, "crm", `CREATE TABLE customers (customer_id int PRIMARY KEY, full_name text, email_address text, phone text)`)
+	billing.Exec(t, "billing", `CREATE TABLE clients (client_ref int PRIMARY KEY, name text CONSTRAINT no_test_names CHECK (name NOT LIKE 'test%'), email text, tel text)`)
+	cfg := schemaYAML + fmt.Sprintf(`connectors:
+  crm:
+    kind: postgres
+    dsn: %q
+    tables:
+      customers: {entity: contact, key: [customer_id], columns: {full_name: name, email_address: email, phone: phone}}
+  billing:
+    kind: postgres
+    dsn: %q
+    tables:
+      clients: {entity: contact, key: [client_ref], columns: {name: name, email: email, tel: phone}}
+`, crm.DSN("crm"), billing.DSN("billing"))
+	c := clustertest.Start(t, latticeBin, 3, clustertest.Options{Config: cfg})
+	n3 := c.Nodes[2]
+	letters := func() []*pb.DeadLetter {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		r, err := n3.Cluster().DeadLetters(ctx, &pb.DeadLettersRequest{Connector: "billing"})
+		if err != nil {
+			return nil
+		}
+		return r.GetEntries()
+	}
+	eventually(t, "connectors placed", func() (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st, err := n3.Cluster().Status(ctx, &pb.StatusRequest{})
+		if err != nil {
+			return false, err.Error()
+		}
+		placed := 0
+		for _, p := range st.GetConnectors() {
+			if p.GetNode() != "" {
+				placed++
+			}
+		}
+		return placed == 2, fmt.Sprint(st.GetConnectors())
+	})
+	crm.Exec(t, "crm", `INSERT INTO customers VALUES (1, 'Ann', 'ann@example.com', '1'), (2, 'test user', 'x@example.com', '2')`)
+	eventually(t, "the valid row reaches billing", func() (bool, string) {
+		r := row(t, billing, "billing", "SELECT name FROM clients WHERE client_ref = 1")
+		return r == "Ann", r
+	})
+	eventually(t, "the refused row is in billing's dead-letter queue", func() (bool, string) {
+		l := letters()
+		return len(l) == 1 && l[0].GetRecordId() == "2" && l[0].GetDirection() == "project" &&
+			strings.Contains(l[0].GetError(), "no_test_names"), fmt.Sprint(l)
+	})
+	if r := row(t, billing, "billing", "SELECT count(*) FROM clients WHERE client_ref = 2"); r != "0" {
+		t.Fatalf("the refused row is in billing anyway: %s", r)
+	}
+	// Fix the cause, then replay.
+	billing.Exec(t, "billing", `ALTER TABLE clients DROP CONSTRAINT no_test_names`)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := n3.Cluster().ReplayDeadLetters(ctx, &pb.DeadLetterIDs{Connector: "billing", All: true}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the replayed row lands in billing and leaves the queue", func() (bool, string) {
+		r := row(t, billing, "billing", "SELECT name FROM clients WHERE client_ref = 2")
+		l := letters()
+		return r == "test user" && len(l) == 0, r + fmt.Sprint(l)
+	})
+	// Bad requests get clear errors.
+	if _, err := n3.Cluster().DeadLetters(ctx, &pb.DeadLettersRequest{Connector: "nope"}); err == nil || !strings.Contains(err.Error(), `no connector "nope"`) {
+		t.Errorf("unknown connector: %v", err)
+	}
+	if _, err := n3.Cluster().DiscardDeadLetters(ctx, &pb.DeadLetterIDs{Connector: "billing"}); err == nil || !strings.Contains(err.Error(), "by id") {
+		t.Errorf("discard without ids: %v", err)
+	}
+}

@@ -3,13 +3,16 @@ package postgres
 import (
 	"context"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/lattice-sync/lattice/connectors"
 	"github.com/lattice-sync/lattice/crdt"
 	"github.com/lattice-sync/lattice/storage"
 )
@@ -35,11 +38,18 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 	if err := c.projectAll(ctx, conn); err != nil {
 		return err
 	}
+	replayTick := time.NewTicker(time.Second)
+	defer replayTick.Stop()
 	for {
 		var batch []*crdt.Edit
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-replayTick.C:
+			if err := c.replay(ctx, conn); err != nil {
+				return err
+			}
+			continue
 		case e, ok := <-sub.C():
 			if !ok {
 				if !sub.Lagged() {
@@ -93,7 +103,7 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 			}
 		}
 		for _, r := range records {
-			if err := c.projectRecord(ctx, conn, r[0], r[1]); err != nil {
+			if err := c.projectOrQueue(ctx, conn, r[0], r[1]); err != nil {
 				return err
 			}
 		}
@@ -112,7 +122,7 @@ func (c *Connector) projectAll(ctx context.Context, conn *pgx.Conn) error {
 			}
 			for _, r := range page {
 				after = r.ID
-				if err := c.projectRecord(ctx, conn, t.Entity, r.ID); err != nil {
+				if err := c.projectOrQueue(ctx, conn, t.Entity, r.ID); err != nil {
 					return err
 				}
 				n++
@@ -209,16 +219,114 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 		return fmt.Errorf("connector %s: projection message: %w", c.cfg.Name, err)
 	}
 	if _, err := tx.Exec(tctx, q, args...); err != nil {
-		// Constraint or type violations belong in the dead-letter queue
-		// (next step of the connector issue); until then they are reported.
-		c.log.Error("projection refused by the database", "entity", entity, "id", id, "err", err)
-		return nil
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && permanent(pgErr) {
+			return &refusedError{err: err}
+		}
+		return fmt.Errorf("connector %s: projection of %s %s: %w", c.cfg.Name, entity, id, err)
 	}
 	if err := tx.Commit(tctx); err != nil {
 		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
 	}
 	c.log.Debug("projected", "entity", entity, "id", id, "deleted", deleted, "context", rec.Context.String())
 	return nil
+}
+
+// refusedError is a projection the database refused for good (constraint
+// or type violation): it goes to the dead-letter queue.
+type refusedError struct{ err error }
+
+func (e *refusedError) Error() string { return e.err.Error() }
+func (e *refusedError) Unwrap() error { return e.err }
+
+// permanent reports whether a PostgreSQL error will not go away by retrying:
+// integrity constraint violations (class 23) and data exceptions (class 22).
+func permanent(e *pgconn.PgError) bool {
+	return strings.HasPrefix(e.Code, "23") || strings.HasPrefix(e.Code, "22") || e.Code == "42804"
+}
+
+// projectOrQueue projects a record; a refusal goes to the dead-letter queue.
+func (c *Connector) projectOrQueue(ctx context.Context, conn *pgx.Conn, entity, id string) error {
+	err := c.projectRecord(ctx, conn, entity, id)
+	var refused *refusedError
+	if errors.As(err, &refused) {
+		return c.deadLetter(ctx, connectors.DirectionProject, entity, id, refused.err)
+	}
+	return err
+}
+
+// replayLoop retries the dead letters an operator asked to replay.
+func (c *Connector) replay(ctx context.Context, conn *pgx.Conn) error {
+	if c.dlq == nil {
+		return nil
+	}
+	for _, l := range c.dlq.List(c.cfg.Name) {
+		if !l.Replay {
+			continue
+		}
+		var err error
+		switch l.Direction {
+		case connectors.DirectionProject:
+			err = c.projectRecord(ctx, conn, l.Entity, l.RecordID)
+		case connectors.DirectionCapture:
+			err = c.recapture(ctx, l.Entity, l.RecordID)
+		}
+		var refused *refusedError
+		if err != nil && !errors.As(err, &refused) && !errors.Is(err, crdt.ErrInvalid) {
+			return err // transient: retried with the connector
+		}
+		if rerr := c.dlq.Resolve(ctx, c.cfg.Name, l.ID, err); rerr != nil {
+			return rerr
+		}
+		c.log.Info("dead letter replayed", "id", l.ID, "entity", l.Entity, "record", l.RecordID, "ok", err == nil)
+	}
+	return nil
+}
+
+// recapture reads a row again from the source and captures it as it is now.
+func (c *Connector) recapture(ctx context.Context, entity, id string) error {
+	t := c.cfg.tableFor(entity)
+	if t == nil {
+		return fmt.Errorf("%w: entity %q is no longer mapped by connector %s", crdt.ErrInvalid, entity, c.cfg.Name)
+	}
+	keys := strings.Split(id, "/")
+	if len(keys) != len(t.Key) {
+		return fmt.Errorf("%w: id %q does not match the key columns of %s", crdt.ErrInvalid, id, t.Name)
+	}
+	conn, err := pgx.Connect(ctx, c.cfg.DSN)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	cols := append(append([]string{}, t.Key...), mapKeys(t.Columns)...)
+	var where []string
+	args := make([]any, len(keys))
+	for i, k := range t.Key {
+		where = append(where, fmt.Sprintf("%s::text = $%d", pgx.Identifier{k}.Sanitize(), i+1))
+		args[i] = keys[i]
+	}
+	q := fmt.Sprintf("SELECT %s FROM %s WHERE %s", castText(cols), pgx.Identifier(strings.Split(t.Name, ".")).Sanitize(), strings.Join(where, " AND "))
+	vals := make([]*string, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := conn.QueryRow(ctx, q, args...).Scan(ptrs...); err != nil {
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // the row is gone: nothing to capture
+		}
+		return err
+	}
+	text := map[string]*string{}
+	for i, col := range cols {
+		text[col] = vals[i]
+	}
+	ch, err := c.toChange(t, text, false)
+	if err != nil {
+		return fmt.Errorf("%w: %v", crdt.ErrInvalid, err)
+	}
+	ch.at = time.Now()
+	return c.apply(ctx, []change{ch})
 }
 
 func contains(xs []string, s string) bool {

@@ -1645,6 +1645,265 @@ func (x *WatchEvent) GetCursor() string {
 	return ""
 }
 
+// DeadLettersRequest names a connector.
+type DeadLettersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connector     string                 `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLettersRequest) Reset() {
+	*x = DeadLettersRequest{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLettersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLettersRequest) ProtoMessage() {}
+
+func (x *DeadLettersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLettersRequest.ProtoReflect.Descriptor instead.
+func (*DeadLettersRequest) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *DeadLettersRequest) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+// DeadLetterIDs selects entries of a connector's queue (all when all is set).
+type DeadLetterIDs struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connector     string                 `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	Ids           []uint64               `protobuf:"varint,2,rep,packed,name=ids,proto3" json:"ids,omitempty"`
+	All           bool                   `protobuf:"varint,3,opt,name=all,proto3" json:"all,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLetterIDs) Reset() {
+	*x = DeadLetterIDs{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetterIDs) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetterIDs) ProtoMessage() {}
+
+func (x *DeadLetterIDs) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetterIDs.ProtoReflect.Descriptor instead.
+func (*DeadLetterIDs) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *DeadLetterIDs) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *DeadLetterIDs) GetIds() []uint64 {
+	if x != nil {
+		return x.Ids
+	}
+	return nil
+}
+
+func (x *DeadLetterIDs) GetAll() bool {
+	if x != nil {
+		return x.All
+	}
+	return false
+}
+
+// DeadLetter is one change a connector could not apply.
+type DeadLetter struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// id identifies the entry within its connector's queue.
+	Id uint64 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	// direction is "project" (writing resolved state into the system) or
+	// "capture" (turning a source change into an edit).
+	Direction string `protobuf:"bytes,2,opt,name=direction,proto3" json:"direction,omitempty"`
+	Entity    string `protobuf:"bytes,3,opt,name=entity,proto3" json:"entity,omitempty"`
+	RecordId  string `protobuf:"bytes,4,opt,name=record_id,json=recordId,proto3" json:"record_id,omitempty"`
+	// error is the system's refusal, e.g. a constraint violation.
+	Error string `protobuf:"bytes,5,opt,name=error,proto3" json:"error,omitempty"`
+	// at is when it was (last) refused.
+	At *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=at,proto3" json:"at,omitempty"`
+	// attempts counts tries, the first included.
+	Attempts uint32 `protobuf:"varint,7,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// replay_requested is set until the owner retried the entry.
+	ReplayRequested bool `protobuf:"varint,8,opt,name=replay_requested,json=replayRequested,proto3" json:"replay_requested,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
+}
+
+func (x *DeadLetter) Reset() {
+	*x = DeadLetter{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLetter) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLetter) ProtoMessage() {}
+
+func (x *DeadLetter) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
+func (*DeadLetter) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DeadLetter) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetDirection() string {
+	if x != nil {
+		return x.Direction
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetEntity() string {
+	if x != nil {
+		return x.Entity
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetRecordId() string {
+	if x != nil {
+		return x.RecordId
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetError() string {
+	if x != nil {
+		return x.Error
+	}
+	return ""
+}
+
+func (x *DeadLetter) GetAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.At
+	}
+	return nil
+}
+
+func (x *DeadLetter) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *DeadLetter) GetReplayRequested() bool {
+	if x != nil {
+		return x.ReplayRequested
+	}
+	return false
+}
+
+// DeadLettersResponse lists a queue after the request.
+type DeadLettersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Entries       []*DeadLetter          `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeadLettersResponse) Reset() {
+	*x = DeadLettersResponse{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeadLettersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeadLettersResponse) ProtoMessage() {}
+
+func (x *DeadLettersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeadLettersResponse.ProtoReflect.Descriptor instead.
+func (*DeadLettersResponse) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *DeadLettersResponse) GetEntries() []*DeadLetter {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
 // ApplyConfigRequest carries a YAML entity configuration.
 type ApplyConfigRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1658,7 +1917,7 @@ type ApplyConfigRequest struct {
 
 func (x *ApplyConfigRequest) Reset() {
 	*x = ApplyConfigRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1670,7 +1929,7 @@ func (x *ApplyConfigRequest) String() string {
 func (*ApplyConfigRequest) ProtoMessage() {}
 
 func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1683,7 +1942,7 @@ func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{20}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ApplyConfigRequest) GetYaml() string {
@@ -1713,7 +1972,7 @@ type ApplyConfigResponse struct {
 
 func (x *ApplyConfigResponse) Reset() {
 	*x = ApplyConfigResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1725,7 +1984,7 @@ func (x *ApplyConfigResponse) String() string {
 func (*ApplyConfigResponse) ProtoMessage() {}
 
 func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1738,7 +1997,7 @@ func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{21}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyConfigResponse) GetIndex() uint64 {
@@ -1766,7 +2025,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1778,7 +2037,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1791,7 +2050,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{22}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RemoveMemberRequest) GetNode() string {
@@ -1810,7 +2069,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +2081,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +2094,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{23}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{27}
 }
 
 // LeaveRequest has no parameters.
@@ -1847,7 +2106,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1859,7 +2118,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1872,7 +2131,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{24}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
 }
 
 // LeaveResponse is empty.
@@ -1884,7 +2143,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1896,7 +2155,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1909,7 +2168,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{25}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
 }
 
 // StatusRequest asks for this node's state.
@@ -1923,7 +2182,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1935,7 +2194,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1948,7 +2207,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{26}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *StatusRequest) GetDigest() bool {
@@ -1987,7 +2246,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1999,7 +2258,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2012,7 +2271,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{27}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -2096,7 +2355,7 @@ type ConnectorPlacement struct {
 
 func (x *ConnectorPlacement) Reset() {
 	*x = ConnectorPlacement{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2108,7 +2367,7 @@ func (x *ConnectorPlacement) String() string {
 func (*ConnectorPlacement) ProtoMessage() {}
 
 func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2121,7 +2380,7 @@ func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorPlacement.ProtoReflect.Descriptor instead.
 func (*ConnectorPlacement) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ConnectorPlacement) GetName() string {
@@ -2161,7 +2420,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2173,7 +2432,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2186,7 +2445,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{33}
 }
 
 // MembersResponse lists cluster members.
@@ -2200,7 +2459,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2212,7 +2471,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2225,7 +2484,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -2267,7 +2526,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2279,7 +2538,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2292,7 +2551,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *Member) GetId() string {
@@ -2487,7 +2746,25 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\n" +
 	"WatchEvent\x12*\n" +
 	"\x06record\x18\x01 \x01(\v2\x12.lattice.v1.RecordR\x06record\x12\x16\n" +
-	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"D\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"2\n" +
+	"\x12DeadLettersRequest\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\"Q\n" +
+	"\rDeadLetterIDs\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\x12\x10\n" +
+	"\x03ids\x18\x02 \x03(\x04R\x03ids\x12\x10\n" +
+	"\x03all\x18\x03 \x01(\bR\x03all\"\xf8\x01\n" +
+	"\n" +
+	"DeadLetter\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x1c\n" +
+	"\tdirection\x18\x02 \x01(\tR\tdirection\x12\x16\n" +
+	"\x06entity\x18\x03 \x01(\tR\x06entity\x12\x1b\n" +
+	"\trecord_id\x18\x04 \x01(\tR\brecordId\x12\x14\n" +
+	"\x05error\x18\x05 \x01(\tR\x05error\x12*\n" +
+	"\x02at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\x02at\x12\x1a\n" +
+	"\battempts\x18\a \x01(\rR\battempts\x12)\n" +
+	"\x10replay_requested\x18\b \x01(\bR\x0freplayRequested\"G\n" +
+	"\x13DeadLettersResponse\x120\n" +
+	"\aentries\x18\x01 \x03(\v2\x16.lattice.v1.DeadLetterR\aentries\"D\n" +
 	"\x12ApplyConfigRequest\x12\x12\n" +
 	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x1a\n" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\"G\n" +
@@ -2551,13 +2828,16 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x06Delete\x12\x19.lattice.v1.DeleteRequest\x1a\x17.lattice.v1.PutResponse\x12>\n" +
 	"\aResolve\x12\x1a.lattice.v1.ResolveRequest\x1a\x17.lattice.v1.PutResponse\x12B\n" +
 	"\aHistory\x12\x1a.lattice.v1.HistoryRequest\x1a\x1b.lattice.v1.HistoryResponse\x12;\n" +
-	"\x05Watch\x12\x18.lattice.v1.WatchRequest\x1a\x16.lattice.v1.WatchEvent0\x012\xef\x02\n" +
+	"\x05Watch\x12\x18.lattice.v1.WatchRequest\x1a\x16.lattice.v1.WatchEvent0\x012\xe2\x04\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.lattice.v1.StatusRequest\x1a\x1a.lattice.v1.StatusResponse\x12B\n" +
 	"\aMembers\x12\x1a.lattice.v1.MembersRequest\x1a\x1b.lattice.v1.MembersResponse\x12N\n" +
 	"\vApplyConfig\x12\x1e.lattice.v1.ApplyConfigRequest\x1a\x1f.lattice.v1.ApplyConfigResponse\x12Q\n" +
 	"\fRemoveMember\x12\x1f.lattice.v1.RemoveMemberRequest\x1a .lattice.v1.RemoveMemberResponse\x12<\n" +
-	"\x05Leave\x12\x18.lattice.v1.LeaveRequest\x1a\x19.lattice.v1.LeaveResponseB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
+	"\x05Leave\x12\x18.lattice.v1.LeaveRequest\x1a\x19.lattice.v1.LeaveResponse\x12N\n" +
+	"\vDeadLetters\x12\x1e.lattice.v1.DeadLettersRequest\x1a\x1f.lattice.v1.DeadLettersResponse\x12O\n" +
+	"\x11ReplayDeadLetters\x12\x19.lattice.v1.DeadLetterIDs\x1a\x1f.lattice.v1.DeadLettersResponse\x12P\n" +
+	"\x12DiscardDeadLetters\x12\x19.lattice.v1.DeadLetterIDs\x1a\x1f.lattice.v1.DeadLettersResponseB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
 
 var (
 	file_lattice_v1_lattice_proto_rawDescOnce sync.Once
@@ -2572,7 +2852,7 @@ func file_lattice_v1_lattice_proto_rawDescGZIP() []byte {
 }
 
 var file_lattice_v1_lattice_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_lattice_v1_lattice_proto_goTypes = []any{
 	(Fate)(0),                     // 0: lattice.v1.Fate
 	(*Value)(nil),                 // 1: lattice.v1.Value
@@ -2595,29 +2875,33 @@ var file_lattice_v1_lattice_proto_goTypes = []any{
 	(*HistoryEntry)(nil),          // 18: lattice.v1.HistoryEntry
 	(*WatchRequest)(nil),          // 19: lattice.v1.WatchRequest
 	(*WatchEvent)(nil),            // 20: lattice.v1.WatchEvent
-	(*ApplyConfigRequest)(nil),    // 21: lattice.v1.ApplyConfigRequest
-	(*ApplyConfigResponse)(nil),   // 22: lattice.v1.ApplyConfigResponse
-	(*RemoveMemberRequest)(nil),   // 23: lattice.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),  // 24: lattice.v1.RemoveMemberResponse
-	(*LeaveRequest)(nil),          // 25: lattice.v1.LeaveRequest
-	(*LeaveResponse)(nil),         // 26: lattice.v1.LeaveResponse
-	(*StatusRequest)(nil),         // 27: lattice.v1.StatusRequest
-	(*StatusResponse)(nil),        // 28: lattice.v1.StatusResponse
-	(*ConnectorPlacement)(nil),    // 29: lattice.v1.ConnectorPlacement
-	(*MembersRequest)(nil),        // 30: lattice.v1.MembersRequest
-	(*MembersResponse)(nil),       // 31: lattice.v1.MembersResponse
-	(*Member)(nil),                // 32: lattice.v1.Member
-	nil,                           // 33: lattice.v1.VersionVector.EntriesEntry
-	nil,                           // 34: lattice.v1.PutRequest.FieldsEntry
-	(structpb.NullValue)(0),       // 35: google.protobuf.NullValue
-	(*timestamppb.Timestamp)(nil), // 36: google.protobuf.Timestamp
+	(*DeadLettersRequest)(nil),    // 21: lattice.v1.DeadLettersRequest
+	(*DeadLetterIDs)(nil),         // 22: lattice.v1.DeadLetterIDs
+	(*DeadLetter)(nil),            // 23: lattice.v1.DeadLetter
+	(*DeadLettersResponse)(nil),   // 24: lattice.v1.DeadLettersResponse
+	(*ApplyConfigRequest)(nil),    // 25: lattice.v1.ApplyConfigRequest
+	(*ApplyConfigResponse)(nil),   // 26: lattice.v1.ApplyConfigResponse
+	(*RemoveMemberRequest)(nil),   // 27: lattice.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),  // 28: lattice.v1.RemoveMemberResponse
+	(*LeaveRequest)(nil),          // 29: lattice.v1.LeaveRequest
+	(*LeaveResponse)(nil),         // 30: lattice.v1.LeaveResponse
+	(*StatusRequest)(nil),         // 31: lattice.v1.StatusRequest
+	(*StatusResponse)(nil),        // 32: lattice.v1.StatusResponse
+	(*ConnectorPlacement)(nil),    // 33: lattice.v1.ConnectorPlacement
+	(*MembersRequest)(nil),        // 34: lattice.v1.MembersRequest
+	(*MembersResponse)(nil),       // 35: lattice.v1.MembersResponse
+	(*Member)(nil),                // 36: lattice.v1.Member
+	nil,                           // 37: lattice.v1.VersionVector.EntriesEntry
+	nil,                           // 38: lattice.v1.PutRequest.FieldsEntry
+	(structpb.NullValue)(0),       // 39: google.protobuf.NullValue
+	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
 }
 var file_lattice_v1_lattice_proto_depIdxs = []int32{
-	35, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
-	36, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
-	33, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
+	39, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
+	40, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
+	37, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
 	1,  // 3: lattice.v1.Version.value:type_name -> lattice.v1.Value
-	36, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
+	40, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
 	2,  // 5: lattice.v1.Version.dot:type_name -> lattice.v1.Dot
 	3,  // 6: lattice.v1.Version.context:type_name -> lattice.v1.VersionVector
 	1,  // 7: lattice.v1.FieldState.value:type_name -> lattice.v1.Value
@@ -2626,7 +2910,7 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	5,  // 10: lattice.v1.Record.fields:type_name -> lattice.v1.FieldState
 	6,  // 11: lattice.v1.BatchGetResponse.records:type_name -> lattice.v1.Record
 	6,  // 12: lattice.v1.ListResponse.records:type_name -> lattice.v1.Record
-	34, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
+	38, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
 	2,  // 14: lattice.v1.PutResponse.dot:type_name -> lattice.v1.Dot
 	6,  // 15: lattice.v1.PutResponse.record:type_name -> lattice.v1.Record
 	1,  // 16: lattice.v1.ResolveRequest.value:type_name -> lattice.v1.Value
@@ -2635,43 +2919,51 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	0,  // 19: lattice.v1.HistoryEntry.fate:type_name -> lattice.v1.Fate
 	2,  // 20: lattice.v1.HistoryEntry.by:type_name -> lattice.v1.Dot
 	6,  // 21: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
-	3,  // 22: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
-	3,  // 23: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
-	29, // 24: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
-	32, // 25: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
-	3,  // 26: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
-	1,  // 27: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
-	7,  // 28: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
-	8,  // 29: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
-	10, // 30: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
-	12, // 31: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
-	14, // 32: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
-	15, // 33: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
-	16, // 34: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
-	19, // 35: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
-	27, // 36: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
-	30, // 37: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
-	21, // 38: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
-	23, // 39: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
-	25, // 40: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
-	6,  // 41: lattice.v1.Records.Get:output_type -> lattice.v1.Record
-	9,  // 42: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
-	11, // 43: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
-	13, // 44: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
-	13, // 45: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
-	13, // 46: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
-	17, // 47: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
-	20, // 48: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
-	28, // 49: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
-	31, // 50: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
-	22, // 51: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
-	24, // 52: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
-	26, // 53: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
-	41, // [41:54] is the sub-list for method output_type
-	28, // [28:41] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	40, // 22: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
+	23, // 23: lattice.v1.DeadLettersResponse.entries:type_name -> lattice.v1.DeadLetter
+	3,  // 24: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
+	3,  // 25: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
+	33, // 26: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
+	36, // 27: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
+	3,  // 28: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
+	1,  // 29: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
+	7,  // 30: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
+	8,  // 31: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
+	10, // 32: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
+	12, // 33: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
+	14, // 34: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
+	15, // 35: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
+	16, // 36: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
+	19, // 37: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
+	31, // 38: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
+	34, // 39: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
+	25, // 40: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
+	27, // 41: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
+	29, // 42: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
+	21, // 43: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
+	22, // 44: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	22, // 45: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	6,  // 46: lattice.v1.Records.Get:output_type -> lattice.v1.Record
+	9,  // 47: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
+	11, // 48: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
+	13, // 49: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
+	13, // 50: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
+	13, // 51: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
+	17, // 52: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
+	20, // 53: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
+	32, // 54: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
+	35, // 55: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
+	26, // 56: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
+	28, // 57: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
+	30, // 58: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
+	24, // 59: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	24, // 60: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	24, // 61: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	46, // [46:62] is the sub-list for method output_type
+	30, // [30:46] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_lattice_v1_lattice_proto_init() }
@@ -2696,7 +2988,7 @@ func file_lattice_v1_lattice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lattice_v1_lattice_proto_rawDesc), len(file_lattice_v1_lattice_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   34,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

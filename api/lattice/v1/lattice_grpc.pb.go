@@ -432,11 +432,14 @@ var Records_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Cluster_Status_FullMethodName       = "/lattice.v1.Cluster/Status"
-	Cluster_Members_FullMethodName      = "/lattice.v1.Cluster/Members"
-	Cluster_ApplyConfig_FullMethodName  = "/lattice.v1.Cluster/ApplyConfig"
-	Cluster_RemoveMember_FullMethodName = "/lattice.v1.Cluster/RemoveMember"
-	Cluster_Leave_FullMethodName        = "/lattice.v1.Cluster/Leave"
+	Cluster_Status_FullMethodName             = "/lattice.v1.Cluster/Status"
+	Cluster_Members_FullMethodName            = "/lattice.v1.Cluster/Members"
+	Cluster_ApplyConfig_FullMethodName        = "/lattice.v1.Cluster/ApplyConfig"
+	Cluster_RemoveMember_FullMethodName       = "/lattice.v1.Cluster/RemoveMember"
+	Cluster_Leave_FullMethodName              = "/lattice.v1.Cluster/Leave"
+	Cluster_DeadLetters_FullMethodName        = "/lattice.v1.Cluster/DeadLetters"
+	Cluster_ReplayDeadLetters_FullMethodName  = "/lattice.v1.Cluster/ReplayDeadLetters"
+	Cluster_DiscardDeadLetters_FullMethodName = "/lattice.v1.Cluster/DiscardDeadLetters"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -457,6 +460,13 @@ type ClusterClient interface {
 	RemoveMember(ctx context.Context, in *RemoveMemberRequest, opts ...grpc.CallOption) (*RemoveMemberResponse, error)
 	// Leave makes the serving node leave the cluster gracefully and stop.
 	Leave(ctx context.Context, in *LeaveRequest, opts ...grpc.CallOption) (*LeaveResponse, error)
+	// DeadLetters lists a connector's dead-letter queue: changes it could not
+	// apply (a constraint or type violation), kept until replayed or discarded.
+	DeadLetters(ctx context.Context, in *DeadLettersRequest, opts ...grpc.CallOption) (*DeadLettersResponse, error)
+	// ReplayDeadLetters asks the connector's owner to retry entries.
+	ReplayDeadLetters(ctx context.Context, in *DeadLetterIDs, opts ...grpc.CallOption) (*DeadLettersResponse, error)
+	// DiscardDeadLetters drops entries for good.
+	DiscardDeadLetters(ctx context.Context, in *DeadLetterIDs, opts ...grpc.CallOption) (*DeadLettersResponse, error)
 }
 
 type clusterClient struct {
@@ -517,6 +527,36 @@ func (c *clusterClient) Leave(ctx context.Context, in *LeaveRequest, opts ...grp
 	return out, nil
 }
 
+func (c *clusterClient) DeadLetters(ctx context.Context, in *DeadLettersRequest, opts ...grpc.CallOption) (*DeadLettersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeadLettersResponse)
+	err := c.cc.Invoke(ctx, Cluster_DeadLetters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) ReplayDeadLetters(ctx context.Context, in *DeadLetterIDs, opts ...grpc.CallOption) (*DeadLettersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeadLettersResponse)
+	err := c.cc.Invoke(ctx, Cluster_ReplayDeadLetters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) DiscardDeadLetters(ctx context.Context, in *DeadLetterIDs, opts ...grpc.CallOption) (*DeadLettersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeadLettersResponse)
+	err := c.cc.Invoke(ctx, Cluster_DiscardDeadLetters_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -535,6 +575,13 @@ type ClusterServer interface {
 	RemoveMember(context.Context, *RemoveMemberRequest) (*RemoveMemberResponse, error)
 	// Leave makes the serving node leave the cluster gracefully and stop.
 	Leave(context.Context, *LeaveRequest) (*LeaveResponse, error)
+	// DeadLetters lists a connector's dead-letter queue: changes it could not
+	// apply (a constraint or type violation), kept until replayed or discarded.
+	DeadLetters(context.Context, *DeadLettersRequest) (*DeadLettersResponse, error)
+	// ReplayDeadLetters asks the connector's owner to retry entries.
+	ReplayDeadLetters(context.Context, *DeadLetterIDs) (*DeadLettersResponse, error)
+	// DiscardDeadLetters drops entries for good.
+	DiscardDeadLetters(context.Context, *DeadLetterIDs) (*DeadLettersResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -559,6 +606,15 @@ func (UnimplementedClusterServer) RemoveMember(context.Context, *RemoveMemberReq
 }
 func (UnimplementedClusterServer) Leave(context.Context, *LeaveRequest) (*LeaveResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Leave not implemented")
+}
+func (UnimplementedClusterServer) DeadLetters(context.Context, *DeadLettersRequest) (*DeadLettersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeadLetters not implemented")
+}
+func (UnimplementedClusterServer) ReplayDeadLetters(context.Context, *DeadLetterIDs) (*DeadLettersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ReplayDeadLetters not implemented")
+}
+func (UnimplementedClusterServer) DiscardDeadLetters(context.Context, *DeadLetterIDs) (*DeadLettersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DiscardDeadLetters not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -671,6 +727,60 @@ func _Cluster_Leave_Handler(srv interface{}, ctx context.Context, dec func(inter
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_DeadLetters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeadLettersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).DeadLetters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_DeadLetters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).DeadLetters(ctx, req.(*DeadLettersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_ReplayDeadLetters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeadLetterIDs)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).ReplayDeadLetters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_ReplayDeadLetters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).ReplayDeadLetters(ctx, req.(*DeadLetterIDs))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_DiscardDeadLetters_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeadLetterIDs)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).DiscardDeadLetters(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_DiscardDeadLetters_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).DiscardDeadLetters(ctx, req.(*DeadLetterIDs))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -697,6 +807,18 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Leave",
 			Handler:    _Cluster_Leave_Handler,
+		},
+		{
+			MethodName: "DeadLetters",
+			Handler:    _Cluster_DeadLetters_Handler,
+		},
+		{
+			MethodName: "ReplayDeadLetters",
+			Handler:    _Cluster_ReplayDeadLetters_Handler,
+		},
+		{
+			MethodName: "DiscardDeadLetters",
+			Handler:    _Cluster_DiscardDeadLetters_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
