@@ -63,11 +63,13 @@ type State struct {
 	Removed map[string]bool `json:"removed"`
 	// DeadLetters holds each connector's dead-letter queue.
 	DeadLetters map[string][]DeadLetter `json:"dead_letters"`
+	// Paused lists connectors an operator paused.
+	Paused map[string]bool `json:"paused"`
 }
 
 func newState() State {
 	return State{Connectors: map[string]ConnectorSpec{}, Placement: map[string]Placement{},
-		Checkpoints: map[string]Checkpoint{}, Removed: map[string]bool{}, DeadLetters: map[string][]DeadLetter{}}
+		Checkpoints: map[string]Checkpoint{}, Removed: map[string]bool{}, DeadLetters: map[string][]DeadLetter{}, Paused: map[string]bool{}}
 }
 
 // command is one Raft log entry.
@@ -191,6 +193,10 @@ func (f *fsm) apply(c *command, index uint64) (res any, configChanged bool) {
 			out = append(out, l)
 		}
 		s.DeadLetters[c.Name] = out
+	case "pause":
+		s.Paused[c.Name] = true
+	case "resume":
+		delete(s.Paused, c.Name)
 	case "remove_node":
 		s.Removed[c.Node] = true
 	case "readmit_node":

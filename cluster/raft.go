@@ -129,11 +129,21 @@ func (n *Node) Owned() map[string]uint64 {
 	st := n.fsm.read()
 	out := map[string]uint64{}
 	for name, p := range st.Placement {
-		if p.Node == n.cfg.NodeID {
+		if p.Node == n.cfg.NodeID && !st.Paused[name] {
 			out[name] = p.Epoch
 		}
 	}
 	return out
+}
+
+// PauseConnector stops a connector wherever it runs until ResumeConnector.
+func (n *Node) PauseConnector(ctx context.Context, name string, pause bool) error {
+	op := "resume"
+	if pause {
+		op = "pause"
+	}
+	_, err := n.propose(ctx, command{Op: op, Name: name})
+	return err
 }
 
 // State returns a copy of the control-plane state.

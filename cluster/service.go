@@ -31,8 +31,7 @@ func (s *service) Status(ctx context.Context, req *pb.StatusRequest) (*pb.Status
 		Truncated: &pb.VersionVector{Entries: n.store.Truncated().Map()}}
 	st := n.fsm.read()
 	for _, name := range st.connectorNames() {
-		p := st.Placement[name]
-		out.Connectors = append(out.Connectors, &pb.ConnectorPlacement{Name: name, Kind: st.Connectors[name].Kind, Node: p.Node, Epoch: p.Epoch})
+		out.Connectors = append(out.Connectors, placementOf(&st, name))
 	}
 	if req.GetDigest() {
 		d, records, applied, err := n.store.Digest(ctx)
@@ -195,6 +194,31 @@ func (s *service) DiscardDeadLetters(ctx context.Context, req *pb.DeadLetterIDs)
 		return nil, toStatus(err)
 	}
 	return s.letters(req.GetConnector()), nil
+}
+
+func placementOf(st *State, name string) *pb.ConnectorPlacement {
+	p := st.Placement[name]
+	return &pb.ConnectorPlacement{Name: name, Kind: st.Connectors[name].Kind, Node: p.Node, Epoch: p.Epoch,
+		Paused: st.Paused[name], Checkpoint: string(st.Checkpoints[name].Data), DeadLetters: uint32(len(st.DeadLetters[name]))}
+}
+
+func (s *service) PauseConnector(ctx context.Context, req *pb.ConnectorRequest) (*pb.ConnectorPlacement, error) {
+	return s.pause(ctx, req.GetConnector(), true)
+}
+
+func (s *service) ResumeConnector(ctx context.Context, req *pb.ConnectorRequest) (*pb.ConnectorPlacement, error) {
+	return s.pause(ctx, req.GetConnector(), false)
+}
+
+func (s *service) pause(ctx context.Context, name string, pause bool) (*pb.ConnectorPlacement, error) {
+	if err := s.knownConnector(name); err != nil {
+		return nil, err
+	}
+	if err := s.n.PauseConnector(ctx, name, pause); err != nil {
+		return nil, toStatus(err)
+	}
+	st := s.n.fsm.read()
+	return placementOf(&st, name), nil
 }
 
 func (s *service) knownConnector(name string) error {

@@ -154,6 +154,32 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 func newConnectorsCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "connectors", Short: "inspect the connectors declared in the configuration"}
 	cmd.AddCommand(newDLQCmd(cf))
+	for _, verb := range []string{"pause", "resume"} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   verb + " CONNECTOR",
+			Short: map[string]string{"pause": "stop a connector wherever it runs, until resumed", "resume": "let a paused connector run again"}[verb],
+			Args:  cobra.ExactArgs(1),
+			RunE: func(cmd *cobra.Command, args []string) error {
+				return cf.withCluster(cmd, func(ctx context.Context, c pb.ClusterClient) error {
+					var p *pb.ConnectorPlacement
+					var err error
+					if verb == "pause" {
+						p, err = c.PauseConnector(ctx, &pb.ConnectorRequest{Connector: args[0]})
+					} else {
+						p, err = c.ResumeConnector(ctx, &pb.ConnectorRequest{Connector: args[0]})
+					}
+					if err != nil {
+						return err
+					}
+					if cf.output == "json" {
+						return printJSON(cmd.OutOrStdout(), p)
+					}
+					fmt.Fprintf(cmd.OutOrStdout(), "connector %s %sd (on %s)\n", p.GetName(), verb, p.GetNode())
+					return nil
+				})
+			},
+		})
+	}
 	cmd.AddCommand(&cobra.Command{
 		Use:   "list",
 		Short: "list connectors, the node each runs on and its placement epoch",
@@ -172,13 +198,17 @@ func newConnectorsCmd(cf *clientFlags) *cobra.Command {
 					return nil
 				}
 				tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-				fmt.Fprintln(tw, "CONNECTOR\tKIND\tNODE\tEPOCH")
+				fmt.Fprintln(tw, "CONNECTOR\tKIND\tNODE\tEPOCH\tSTATE\tDEAD LETTERS\tCHECKPOINT")
 				for _, p := range resp.GetConnectors() {
 					node := p.GetNode()
 					if node == "" {
 						node = "(not placed: no Raft leader?)"
 					}
-					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\n", p.GetName(), p.GetKind(), node, p.GetEpoch())
+					state := "running"
+					if p.GetPaused() {
+						state = "paused"
+					}
+					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", p.GetName(), p.GetKind(), node, p.GetEpoch(), state, p.GetDeadLetters(), p.GetCheckpoint())
 				}
 				return tw.Flush()
 			})

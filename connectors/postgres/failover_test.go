@@ -145,10 +145,12 @@ func tailLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// TestDeadLetterReplay: a row billing refuses (a CHECK constraint) goes to
-// the connector's dead-letter queue, visible from any node; after the
-// constraint is fixed, a replay lands it and empties the queue.
-func TestDeadLetterReplay(t *testing.T) {
+// TestDeadLetterPauseRestart: a row billing refuses (a CHECK constraint)
+// goes to the connector's dead-letter queue, visible from any node; after
+// the constraint is fixed, a replay lands it and empties the queue. Then a
+// paused connector captures nothing until resumed, and a PostgreSQL restart
+// mid-stream only delays changes.
+func TestDeadLetterPauseRestart(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster and two databases")
 	}
@@ -220,7 +222,33 @@ func TestDeadLetterReplay(t *testing.T) {
 		l := letters()
 		return r == "test user" && len(l) == 0, r + fmt.Sprint(l)
 	})
+	// Pause: nothing flows from crm until resumed; then it catches up from its slot.
+	if _, err := n3.Cluster().PauseConnector(ctx, &pb.ConnectorRequest{Connector: "crm"}); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(1500 * time.Millisecond) // the owner's manager stops it within a reconcile round
+	crm.Exec(t, "crm", `INSERT INTO customers VALUES (3, 'Cid', 'cid@example.com', '3')`)
+	time.Sleep(1500 * time.Millisecond)
+	if r := row(t, billing, "billing", "SELECT count(*) FROM clients WHERE client_ref = 3"); r != "0" {
+		t.Fatalf("a paused connector still captured: billing has row 3 (%s)", r)
+	}
+	if _, err := n3.Cluster().ResumeConnector(ctx, &pb.ConnectorRequest{Connector: "crm"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "after resume, the change made while paused arrives", func() (bool, string) {
+		r := row(t, billing, "billing", "SELECT name FROM clients WHERE client_ref = 3")
+		return r == "Cid", r
+	})
+	// PostgreSQL restarted mid-stream: the connector reconnects and goes on.
+	crm.Restart(t)
+	crm.Exec(t, "crm", `INSERT INTO customers VALUES (4, 'Dee', 'dee@example.com', '4')`)
+	eventually(t, "after a PostgreSQL restart, changes flow again", func() (bool, string) {
+		r := row(t, billing, "billing", "SELECT name FROM clients WHERE client_ref = 4")
+		return r == "Dee", r
+	})
 	// Bad requests get clear errors.
+	ctx, cancel2 := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel2()
 	if _, err := n3.Cluster().DeadLetters(ctx, &pb.DeadLettersRequest{Connector: "nope"}); err == nil || !strings.Contains(err.Error(), `no connector "nope"`) {
 		t.Errorf("unknown connector: %v", err)
 	}

@@ -1645,6 +1645,51 @@ func (x *WatchEvent) GetCursor() string {
 	return ""
 }
 
+// ConnectorRequest names a connector.
+type ConnectorRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Connector     string                 `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorRequest) Reset() {
+	*x = ConnectorRequest{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorRequest) ProtoMessage() {}
+
+func (x *ConnectorRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorRequest.ProtoReflect.Descriptor instead.
+func (*ConnectorRequest) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ConnectorRequest) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
 // DeadLettersRequest names a connector.
 type DeadLettersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1655,7 +1700,7 @@ type DeadLettersRequest struct {
 
 func (x *DeadLettersRequest) Reset() {
 	*x = DeadLettersRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1667,7 +1712,7 @@ func (x *DeadLettersRequest) String() string {
 func (*DeadLettersRequest) ProtoMessage() {}
 
 func (x *DeadLettersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[20]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1680,7 +1725,7 @@ func (x *DeadLettersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLettersRequest.ProtoReflect.Descriptor instead.
 func (*DeadLettersRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{20}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *DeadLettersRequest) GetConnector() string {
@@ -1702,7 +1747,7 @@ type DeadLetterIDs struct {
 
 func (x *DeadLetterIDs) Reset() {
 	*x = DeadLetterIDs{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1759,7 @@ func (x *DeadLetterIDs) String() string {
 func (*DeadLetterIDs) ProtoMessage() {}
 
 func (x *DeadLetterIDs) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[21]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1772,7 @@ func (x *DeadLetterIDs) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetterIDs.ProtoReflect.Descriptor instead.
 func (*DeadLetterIDs) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{21}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DeadLetterIDs) GetConnector() string {
@@ -1775,7 +1820,7 @@ type DeadLetter struct {
 
 func (x *DeadLetter) Reset() {
 	*x = DeadLetter{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1787,7 +1832,7 @@ func (x *DeadLetter) String() string {
 func (*DeadLetter) ProtoMessage() {}
 
 func (x *DeadLetter) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[22]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1800,7 +1845,7 @@ func (x *DeadLetter) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLetter.ProtoReflect.Descriptor instead.
 func (*DeadLetter) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{22}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *DeadLetter) GetId() uint64 {
@@ -1869,7 +1914,7 @@ type DeadLettersResponse struct {
 
 func (x *DeadLettersResponse) Reset() {
 	*x = DeadLettersResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +1926,7 @@ func (x *DeadLettersResponse) String() string {
 func (*DeadLettersResponse) ProtoMessage() {}
 
 func (x *DeadLettersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[23]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +1939,7 @@ func (x *DeadLettersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeadLettersResponse.ProtoReflect.Descriptor instead.
 func (*DeadLettersResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{23}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *DeadLettersResponse) GetEntries() []*DeadLetter {
@@ -1917,7 +1962,7 @@ type ApplyConfigRequest struct {
 
 func (x *ApplyConfigRequest) Reset() {
 	*x = ApplyConfigRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1929,7 +1974,7 @@ func (x *ApplyConfigRequest) String() string {
 func (*ApplyConfigRequest) ProtoMessage() {}
 
 func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[24]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1942,7 +1987,7 @@ func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{24}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ApplyConfigRequest) GetYaml() string {
@@ -1972,7 +2017,7 @@ type ApplyConfigResponse struct {
 
 func (x *ApplyConfigResponse) Reset() {
 	*x = ApplyConfigResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1984,7 +2029,7 @@ func (x *ApplyConfigResponse) String() string {
 func (*ApplyConfigResponse) ProtoMessage() {}
 
 func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1997,7 +2042,7 @@ func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{25}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ApplyConfigResponse) GetIndex() uint64 {
@@ -2025,7 +2070,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2037,7 +2082,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2050,7 +2095,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{26}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RemoveMemberRequest) GetNode() string {
@@ -2069,7 +2114,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2081,7 +2126,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2094,7 +2139,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{27}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
 }
 
 // LeaveRequest has no parameters.
@@ -2106,7 +2151,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2118,7 +2163,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2131,7 +2176,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
 }
 
 // LeaveResponse is empty.
@@ -2143,7 +2188,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2200,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2213,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
 }
 
 // StatusRequest asks for this node's state.
@@ -2182,7 +2227,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2194,7 +2239,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2207,7 +2252,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StatusRequest) GetDigest() bool {
@@ -2246,7 +2291,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2258,7 +2303,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2271,7 +2316,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -2348,14 +2393,20 @@ type ConnectorPlacement struct {
 	Node string `protobuf:"bytes,3,opt,name=node,proto3" json:"node,omitempty"`
 	// epoch increases every time the connector moves; checkpoints written
 	// with an older epoch are refused.
-	Epoch         uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Epoch uint64 `protobuf:"varint,4,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// paused is set while an operator has paused the connector.
+	Paused bool `protobuf:"varint,5,opt,name=paused,proto3" json:"paused,omitempty"`
+	// checkpoint is the connector's last recorded source position (JSON).
+	Checkpoint string `protobuf:"bytes,6,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
+	// dead_letters counts entries in its dead-letter queue.
+	DeadLetters   uint32 `protobuf:"varint,7,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectorPlacement) Reset() {
 	*x = ConnectorPlacement{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2367,7 +2418,7 @@ func (x *ConnectorPlacement) String() string {
 func (*ConnectorPlacement) ProtoMessage() {}
 
 func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2380,7 +2431,7 @@ func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorPlacement.ProtoReflect.Descriptor instead.
 func (*ConnectorPlacement) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{32}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *ConnectorPlacement) GetName() string {
@@ -2411,6 +2462,27 @@ func (x *ConnectorPlacement) GetEpoch() uint64 {
 	return 0
 }
 
+func (x *ConnectorPlacement) GetPaused() bool {
+	if x != nil {
+		return x.Paused
+	}
+	return false
+}
+
+func (x *ConnectorPlacement) GetCheckpoint() string {
+	if x != nil {
+		return x.Checkpoint
+	}
+	return ""
+}
+
+func (x *ConnectorPlacement) GetDeadLetters() uint32 {
+	if x != nil {
+		return x.DeadLetters
+	}
+	return 0
+}
+
 // MembersRequest has no parameters.
 type MembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2420,7 +2492,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2432,7 +2504,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2445,7 +2517,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{33}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{34}
 }
 
 // MembersResponse lists cluster members.
@@ -2459,7 +2531,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2471,7 +2543,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2484,7 +2556,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{34}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -2526,7 +2598,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2538,7 +2610,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2551,7 +2623,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{35}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *Member) GetId() string {
@@ -2746,7 +2818,9 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\n" +
 	"WatchEvent\x12*\n" +
 	"\x06record\x18\x01 \x01(\v2\x12.lattice.v1.RecordR\x06record\x12\x16\n" +
-	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"2\n" +
+	"\x06cursor\x18\x02 \x01(\tR\x06cursor\"0\n" +
+	"\x10ConnectorRequest\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\"2\n" +
 	"\x12DeadLettersRequest\x12\x1c\n" +
 	"\tconnector\x18\x01 \x01(\tR\tconnector\"Q\n" +
 	"\rDeadLetterIDs\x12\x1c\n" +
@@ -2790,12 +2864,17 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\ttruncated\x18\b \x01(\v2\x19.lattice.v1.VersionVectorR\ttruncated\x12>\n" +
 	"\n" +
 	"connectors\x18\t \x03(\v2\x1e.lattice.v1.ConnectorPlacementR\n" +
-	"connectors\"f\n" +
+	"connectors\"\xc1\x01\n" +
 	"\x12ConnectorPlacement\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
 	"\x04node\x18\x03 \x01(\tR\x04node\x12\x14\n" +
-	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\"\x10\n" +
+	"\x05epoch\x18\x04 \x01(\x04R\x05epoch\x12\x16\n" +
+	"\x06paused\x18\x05 \x01(\bR\x06paused\x12\x1e\n" +
+	"\n" +
+	"checkpoint\x18\x06 \x01(\tR\n" +
+	"checkpoint\x12!\n" +
+	"\fdead_letters\x18\a \x01(\rR\vdeadLetters\"\x10\n" +
 	"\x0eMembersRequest\"?\n" +
 	"\x0fMembersResponse\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.lattice.v1.MemberR\amembers\"\xc4\x02\n" +
@@ -2828,7 +2907,7 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x06Delete\x12\x19.lattice.v1.DeleteRequest\x1a\x17.lattice.v1.PutResponse\x12>\n" +
 	"\aResolve\x12\x1a.lattice.v1.ResolveRequest\x1a\x17.lattice.v1.PutResponse\x12B\n" +
 	"\aHistory\x12\x1a.lattice.v1.HistoryRequest\x1a\x1b.lattice.v1.HistoryResponse\x12;\n" +
-	"\x05Watch\x12\x18.lattice.v1.WatchRequest\x1a\x16.lattice.v1.WatchEvent0\x012\xe2\x04\n" +
+	"\x05Watch\x12\x18.lattice.v1.WatchRequest\x1a\x16.lattice.v1.WatchEvent0\x012\x83\x06\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.lattice.v1.StatusRequest\x1a\x1a.lattice.v1.StatusResponse\x12B\n" +
 	"\aMembers\x12\x1a.lattice.v1.MembersRequest\x1a\x1b.lattice.v1.MembersResponse\x12N\n" +
@@ -2837,7 +2916,9 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x05Leave\x12\x18.lattice.v1.LeaveRequest\x1a\x19.lattice.v1.LeaveResponse\x12N\n" +
 	"\vDeadLetters\x12\x1e.lattice.v1.DeadLettersRequest\x1a\x1f.lattice.v1.DeadLettersResponse\x12O\n" +
 	"\x11ReplayDeadLetters\x12\x19.lattice.v1.DeadLetterIDs\x1a\x1f.lattice.v1.DeadLettersResponse\x12P\n" +
-	"\x12DiscardDeadLetters\x12\x19.lattice.v1.DeadLetterIDs\x1a\x1f.lattice.v1.DeadLettersResponseB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
+	"\x12DiscardDeadLetters\x12\x19.lattice.v1.DeadLetterIDs\x1a\x1f.lattice.v1.DeadLettersResponse\x12N\n" +
+	"\x0ePauseConnector\x12\x1c.lattice.v1.ConnectorRequest\x1a\x1e.lattice.v1.ConnectorPlacement\x12O\n" +
+	"\x0fResumeConnector\x12\x1c.lattice.v1.ConnectorRequest\x1a\x1e.lattice.v1.ConnectorPlacementB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
 
 var (
 	file_lattice_v1_lattice_proto_rawDescOnce sync.Once
@@ -2852,7 +2933,7 @@ func file_lattice_v1_lattice_proto_rawDescGZIP() []byte {
 }
 
 var file_lattice_v1_lattice_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
+var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_lattice_v1_lattice_proto_goTypes = []any{
 	(Fate)(0),                     // 0: lattice.v1.Fate
 	(*Value)(nil),                 // 1: lattice.v1.Value
@@ -2875,33 +2956,34 @@ var file_lattice_v1_lattice_proto_goTypes = []any{
 	(*HistoryEntry)(nil),          // 18: lattice.v1.HistoryEntry
 	(*WatchRequest)(nil),          // 19: lattice.v1.WatchRequest
 	(*WatchEvent)(nil),            // 20: lattice.v1.WatchEvent
-	(*DeadLettersRequest)(nil),    // 21: lattice.v1.DeadLettersRequest
-	(*DeadLetterIDs)(nil),         // 22: lattice.v1.DeadLetterIDs
-	(*DeadLetter)(nil),            // 23: lattice.v1.DeadLetter
-	(*DeadLettersResponse)(nil),   // 24: lattice.v1.DeadLettersResponse
-	(*ApplyConfigRequest)(nil),    // 25: lattice.v1.ApplyConfigRequest
-	(*ApplyConfigResponse)(nil),   // 26: lattice.v1.ApplyConfigResponse
-	(*RemoveMemberRequest)(nil),   // 27: lattice.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),  // 28: lattice.v1.RemoveMemberResponse
-	(*LeaveRequest)(nil),          // 29: lattice.v1.LeaveRequest
-	(*LeaveResponse)(nil),         // 30: lattice.v1.LeaveResponse
-	(*StatusRequest)(nil),         // 31: lattice.v1.StatusRequest
-	(*StatusResponse)(nil),        // 32: lattice.v1.StatusResponse
-	(*ConnectorPlacement)(nil),    // 33: lattice.v1.ConnectorPlacement
-	(*MembersRequest)(nil),        // 34: lattice.v1.MembersRequest
-	(*MembersResponse)(nil),       // 35: lattice.v1.MembersResponse
-	(*Member)(nil),                // 36: lattice.v1.Member
-	nil,                           // 37: lattice.v1.VersionVector.EntriesEntry
-	nil,                           // 38: lattice.v1.PutRequest.FieldsEntry
-	(structpb.NullValue)(0),       // 39: google.protobuf.NullValue
-	(*timestamppb.Timestamp)(nil), // 40: google.protobuf.Timestamp
+	(*ConnectorRequest)(nil),      // 21: lattice.v1.ConnectorRequest
+	(*DeadLettersRequest)(nil),    // 22: lattice.v1.DeadLettersRequest
+	(*DeadLetterIDs)(nil),         // 23: lattice.v1.DeadLetterIDs
+	(*DeadLetter)(nil),            // 24: lattice.v1.DeadLetter
+	(*DeadLettersResponse)(nil),   // 25: lattice.v1.DeadLettersResponse
+	(*ApplyConfigRequest)(nil),    // 26: lattice.v1.ApplyConfigRequest
+	(*ApplyConfigResponse)(nil),   // 27: lattice.v1.ApplyConfigResponse
+	(*RemoveMemberRequest)(nil),   // 28: lattice.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),  // 29: lattice.v1.RemoveMemberResponse
+	(*LeaveRequest)(nil),          // 30: lattice.v1.LeaveRequest
+	(*LeaveResponse)(nil),         // 31: lattice.v1.LeaveResponse
+	(*StatusRequest)(nil),         // 32: lattice.v1.StatusRequest
+	(*StatusResponse)(nil),        // 33: lattice.v1.StatusResponse
+	(*ConnectorPlacement)(nil),    // 34: lattice.v1.ConnectorPlacement
+	(*MembersRequest)(nil),        // 35: lattice.v1.MembersRequest
+	(*MembersResponse)(nil),       // 36: lattice.v1.MembersResponse
+	(*Member)(nil),                // 37: lattice.v1.Member
+	nil,                           // 38: lattice.v1.VersionVector.EntriesEntry
+	nil,                           // 39: lattice.v1.PutRequest.FieldsEntry
+	(structpb.NullValue)(0),       // 40: google.protobuf.NullValue
+	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
 }
 var file_lattice_v1_lattice_proto_depIdxs = []int32{
-	39, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
-	40, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
-	37, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
+	40, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
+	41, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
+	38, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
 	1,  // 3: lattice.v1.Version.value:type_name -> lattice.v1.Value
-	40, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
+	41, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
 	2,  // 5: lattice.v1.Version.dot:type_name -> lattice.v1.Dot
 	3,  // 6: lattice.v1.Version.context:type_name -> lattice.v1.VersionVector
 	1,  // 7: lattice.v1.FieldState.value:type_name -> lattice.v1.Value
@@ -2910,7 +2992,7 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	5,  // 10: lattice.v1.Record.fields:type_name -> lattice.v1.FieldState
 	6,  // 11: lattice.v1.BatchGetResponse.records:type_name -> lattice.v1.Record
 	6,  // 12: lattice.v1.ListResponse.records:type_name -> lattice.v1.Record
-	38, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
+	39, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
 	2,  // 14: lattice.v1.PutResponse.dot:type_name -> lattice.v1.Dot
 	6,  // 15: lattice.v1.PutResponse.record:type_name -> lattice.v1.Record
 	1,  // 16: lattice.v1.ResolveRequest.value:type_name -> lattice.v1.Value
@@ -2919,12 +3001,12 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	0,  // 19: lattice.v1.HistoryEntry.fate:type_name -> lattice.v1.Fate
 	2,  // 20: lattice.v1.HistoryEntry.by:type_name -> lattice.v1.Dot
 	6,  // 21: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
-	40, // 22: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
-	23, // 23: lattice.v1.DeadLettersResponse.entries:type_name -> lattice.v1.DeadLetter
+	41, // 22: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
+	24, // 23: lattice.v1.DeadLettersResponse.entries:type_name -> lattice.v1.DeadLetter
 	3,  // 24: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
 	3,  // 25: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
-	33, // 26: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
-	36, // 27: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
+	34, // 26: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
+	37, // 27: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
 	3,  // 28: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
 	1,  // 29: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
 	7,  // 30: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
@@ -2935,32 +3017,36 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	15, // 35: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
 	16, // 36: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
 	19, // 37: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
-	31, // 38: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
-	34, // 39: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
-	25, // 40: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
-	27, // 41: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
-	29, // 42: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
-	21, // 43: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
-	22, // 44: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
-	22, // 45: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
-	6,  // 46: lattice.v1.Records.Get:output_type -> lattice.v1.Record
-	9,  // 47: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
-	11, // 48: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
-	13, // 49: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
-	13, // 50: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
-	13, // 51: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
-	17, // 52: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
-	20, // 53: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
-	32, // 54: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
-	35, // 55: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
-	26, // 56: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
-	28, // 57: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
-	30, // 58: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
-	24, // 59: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	24, // 60: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	24, // 61: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	46, // [46:62] is the sub-list for method output_type
-	30, // [30:46] is the sub-list for method input_type
+	32, // 38: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
+	35, // 39: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
+	26, // 40: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
+	28, // 41: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
+	30, // 42: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
+	22, // 43: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
+	23, // 44: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	23, // 45: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	21, // 46: lattice.v1.Cluster.PauseConnector:input_type -> lattice.v1.ConnectorRequest
+	21, // 47: lattice.v1.Cluster.ResumeConnector:input_type -> lattice.v1.ConnectorRequest
+	6,  // 48: lattice.v1.Records.Get:output_type -> lattice.v1.Record
+	9,  // 49: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
+	11, // 50: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
+	13, // 51: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
+	13, // 52: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
+	13, // 53: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
+	17, // 54: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
+	20, // 55: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
+	33, // 56: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
+	36, // 57: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
+	27, // 58: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
+	29, // 59: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
+	31, // 60: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
+	25, // 61: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	25, // 62: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	25, // 63: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	34, // 64: lattice.v1.Cluster.PauseConnector:output_type -> lattice.v1.ConnectorPlacement
+	34, // 65: lattice.v1.Cluster.ResumeConnector:output_type -> lattice.v1.ConnectorPlacement
+	48, // [48:66] is the sub-list for method output_type
+	30, // [30:48] is the sub-list for method input_type
 	30, // [30:30] is the sub-list for extension type_name
 	30, // [30:30] is the sub-list for extension extendee
 	0,  // [0:30] is the sub-list for field type_name
@@ -2988,7 +3074,7 @@ func file_lattice_v1_lattice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lattice_v1_lattice_proto_rawDesc), len(file_lattice_v1_lattice_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   38,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

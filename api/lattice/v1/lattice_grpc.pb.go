@@ -440,6 +440,8 @@ const (
 	Cluster_DeadLetters_FullMethodName        = "/lattice.v1.Cluster/DeadLetters"
 	Cluster_ReplayDeadLetters_FullMethodName  = "/lattice.v1.Cluster/ReplayDeadLetters"
 	Cluster_DiscardDeadLetters_FullMethodName = "/lattice.v1.Cluster/DiscardDeadLetters"
+	Cluster_PauseConnector_FullMethodName     = "/lattice.v1.Cluster/PauseConnector"
+	Cluster_ResumeConnector_FullMethodName    = "/lattice.v1.Cluster/ResumeConnector"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -467,6 +469,11 @@ type ClusterClient interface {
 	ReplayDeadLetters(ctx context.Context, in *DeadLetterIDs, opts ...grpc.CallOption) (*DeadLettersResponse, error)
 	// DiscardDeadLetters drops entries for good.
 	DiscardDeadLetters(ctx context.Context, in *DeadLetterIDs, opts ...grpc.CallOption) (*DeadLettersResponse, error)
+	// PauseConnector stops a connector on whichever node runs it, until resumed.
+	PauseConnector(ctx context.Context, in *ConnectorRequest, opts ...grpc.CallOption) (*ConnectorPlacement, error)
+	// ResumeConnector lets a paused connector run again; it resumes from its
+	// replication slot.
+	ResumeConnector(ctx context.Context, in *ConnectorRequest, opts ...grpc.CallOption) (*ConnectorPlacement, error)
 }
 
 type clusterClient struct {
@@ -557,6 +564,26 @@ func (c *clusterClient) DiscardDeadLetters(ctx context.Context, in *DeadLetterID
 	return out, nil
 }
 
+func (c *clusterClient) PauseConnector(ctx context.Context, in *ConnectorRequest, opts ...grpc.CallOption) (*ConnectorPlacement, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConnectorPlacement)
+	err := c.cc.Invoke(ctx, Cluster_PauseConnector_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clusterClient) ResumeConnector(ctx context.Context, in *ConnectorRequest, opts ...grpc.CallOption) (*ConnectorPlacement, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConnectorPlacement)
+	err := c.cc.Invoke(ctx, Cluster_ResumeConnector_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -582,6 +609,11 @@ type ClusterServer interface {
 	ReplayDeadLetters(context.Context, *DeadLetterIDs) (*DeadLettersResponse, error)
 	// DiscardDeadLetters drops entries for good.
 	DiscardDeadLetters(context.Context, *DeadLetterIDs) (*DeadLettersResponse, error)
+	// PauseConnector stops a connector on whichever node runs it, until resumed.
+	PauseConnector(context.Context, *ConnectorRequest) (*ConnectorPlacement, error)
+	// ResumeConnector lets a paused connector run again; it resumes from its
+	// replication slot.
+	ResumeConnector(context.Context, *ConnectorRequest) (*ConnectorPlacement, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -615,6 +647,12 @@ func (UnimplementedClusterServer) ReplayDeadLetters(context.Context, *DeadLetter
 }
 func (UnimplementedClusterServer) DiscardDeadLetters(context.Context, *DeadLetterIDs) (*DeadLettersResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DiscardDeadLetters not implemented")
+}
+func (UnimplementedClusterServer) PauseConnector(context.Context, *ConnectorRequest) (*ConnectorPlacement, error) {
+	return nil, status.Error(codes.Unimplemented, "method PauseConnector not implemented")
+}
+func (UnimplementedClusterServer) ResumeConnector(context.Context, *ConnectorRequest) (*ConnectorPlacement, error) {
+	return nil, status.Error(codes.Unimplemented, "method ResumeConnector not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -781,6 +819,42 @@ func _Cluster_DiscardDeadLetters_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_PauseConnector_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConnectorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).PauseConnector(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_PauseConnector_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).PauseConnector(ctx, req.(*ConnectorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Cluster_ResumeConnector_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConnectorRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).ResumeConnector(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_ResumeConnector_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).ResumeConnector(ctx, req.(*ConnectorRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -819,6 +893,14 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DiscardDeadLetters",
 			Handler:    _Cluster_DiscardDeadLetters_Handler,
+		},
+		{
+			MethodName: "PauseConnector",
+			Handler:    _Cluster_PauseConnector_Handler,
+		},
+		{
+			MethodName: "ResumeConnector",
+			Handler:    _Cluster_ResumeConnector_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
