@@ -56,6 +56,16 @@ type DeadLetters interface {
 	Resolve(ctx context.Context, connector string, id uint64, failure error) error
 }
 
+// Observer receives connector measurements; the agent wires Prometheus.
+type Observer interface {
+	// Captured reports a source transaction made durable as edits, and how
+	// long after its commit at the source.
+	Captured(connector string, edits int, lag time.Duration)
+	// Projected reports a record written into the system, and how long
+	// after the edit that changed it.
+	Projected(connector string, lag time.Duration)
+}
+
 // Runnable is a started connector.
 type Runnable interface {
 	// Run syncs until ctx ends; an error stops this attempt (the manager

@@ -256,7 +256,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 				return nil, err
 			}
 			return postgres.New(cfg, store, records, log, postgres.WithCheckpoints(node, epoch),
-				postgres.WithDeadLetters(dlqAdapter{node})), nil
+				postgres.WithDeadLetters(dlqAdapter{node}), postgres.WithObserver(m)), nil
 		}
 		return nil, fmt.Errorf("connector %q: unknown kind %q (supported: postgres)", decl.Name, decl.Kind)
 	}, log)

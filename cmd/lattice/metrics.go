@@ -25,6 +25,9 @@ type metrics struct {
 	snapshots prometheus.Counter
 	truncated prometheus.Counter
 	repaired  prometheus.Counter
+	captured  *prometheus.CounterVec
+	capLag    *prometheus.HistogramVec
+	projLag   *prometheus.HistogramVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -51,8 +54,26 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "Op-log entries truncated because every member holds them."})
 	m.repaired = prometheus.NewCounter(prometheus.CounterOpts{Name: "lattice_cluster_antientropy_repairs_total",
 		Help: "Edits of another origin received from a peer: anti-entropy filling in what the origin did not deliver."})
-	reg.MustRegister(m.edits, m.conflicts, m.batches, m.batchSize, m.requests, m.latency, m.refused, m.snapshots, m.truncated, m.repaired)
+	m.captured = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lattice_connector_captured_edits_total",
+		Help: "Source changes captured as edits, by connector."}, []string{"connector"})
+	m.capLag = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lattice_connector_capture_lag_seconds",
+		Help: "From a source transaction's commit to its edits being durable, by connector.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"connector"})
+	m.projLag = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lattice_connector_projection_lag_seconds",
+		Help: "From an edit to its record being written into the system, by connector.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"connector"})
+	reg.MustRegister(m.edits, m.conflicts, m.batches, m.batchSize, m.requests, m.latency, m.refused, m.snapshots, m.truncated, m.repaired,
+		m.captured, m.capLag, m.projLag)
 	return m
+}
+
+// Captured implements connectors.Observer.
+func (m *metrics) Captured(connector string, edits int, lag time.Duration) {
+	m.captured.WithLabelValues(connector).Add(float64(edits))
+	m.capLag.WithLabelValues(connector).Observe(lag.Seconds())
+}
+
+// Projected implements connectors.Observer.
+func (m *metrics) Projected(connector string, lag time.Duration) {
+	m.projLag.WithLabelValues(connector).Observe(lag.Seconds())
 }
 
 // Repaired implements cluster.Observer.
@@ -64,6 +85,7 @@ type clusterCollector struct {
 	lagEntries *prometheus.Desc
 	lagSeconds *prometheus.Desc
 	raftState  *prometheus.Desc
+	dlq        *prometheus.Desc
 }
 
 func newClusterCollector(n *cluster.Node) *clusterCollector {
@@ -74,6 +96,8 @@ func newClusterCollector(n *cluster.Node) *clusterCollector {
 			"How long the peer has been behind this node (0 when caught up).", []string{"peer"}, nil),
 		raftState: prometheus.NewDesc("lattice_raft_state",
 			"1 for this node's current Raft state (Leader, Follower, Candidate, Shutdown).", []string{"state"}, nil),
+		dlq: prometheus.NewDesc("lattice_connector_dead_letters",
+			"Entries in a connector's dead-letter queue (changes it could not apply).", []string{"connector"}, nil),
 	}
 }
 
@@ -81,6 +105,7 @@ func (c *clusterCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.lagEntries
 	ch <- c.lagSeconds
 	ch <- c.raftState
+	ch <- c.dlq
 }
 
 func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
@@ -89,6 +114,10 @@ func (c *clusterCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.lagSeconds, prometheus.GaugeValue, l.Seconds, l.Peer)
 	}
 	ch <- prometheus.MustNewConstMetric(c.raftState, prometheus.GaugeValue, 1, c.node.RaftState())
+	st := c.node.State()
+	for name := range st.Connectors {
+		ch <- prometheus.MustNewConstMetric(c.dlq, prometheus.GaugeValue, float64(len(st.DeadLetters[name])), name)
+	}
 }
 
 // ClockRefused implements cluster.Observer.

@@ -60,6 +60,12 @@ type Connector struct {
 	checkpoints connectors.Checkpointer
 	epoch       uint64
 	dlq         connectors.DeadLetters
+	obs         connectors.Observer
+}
+
+// WithObserver reports capture and projection lag.
+func WithObserver(o connectors.Observer) Option {
+	return func(c *Connector) { c.obs = o }
 }
 
 // WithDeadLetters gives the connector its dead-letter queue. Without one,
@@ -608,6 +614,9 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 					}
 					if err := c.apply(ctx, changes); err != nil {
 						return err
+					}
+					if c.obs != nil && len(changes) > 0 {
+						c.obs.Captured(c.cfg.Name, len(changes), time.Since(tx.at))
 					}
 				}
 				// The edits are durable: PostgreSQL may release the WAL.

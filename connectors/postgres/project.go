@@ -229,6 +229,17 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
 	}
 	c.log.Debug("projected", "entity", entity, "id", id, "deleted", deleted, "context", rec.Context.String())
+	if c.obs != nil {
+		var newest crdt.Timestamp
+		for i := range rec.Registers {
+			for _, v := range rec.Registers[i].Versions {
+				if v.TS > newest {
+					newest = v.TS
+				}
+			}
+		}
+		c.obs.Projected(c.cfg.Name, time.Since(newest.Time()))
+	}
 	return nil
 }
 
