@@ -430,54 +430,29 @@ func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (c
 
 // apply writes captured changes as edits, each with the context of what the
 // database had seen of its record, and waits until they are durable.
+// Changes of different rows go in parallel (they share fsyncs through the
+// store's group commit); changes of one row go in stream order, each seeing
+// the one before.
 func (c *Connector) apply(ctx context.Context, changes []change) error {
-	type pending struct {
-		ch  change
-		res chan error
-	}
-	var wg sync.WaitGroup
-	errs := make([]error, len(changes))
+	byRow := map[string][]int{}
+	var order []string
 	for i, ch := range changes {
-		ent, ok := c.schema.Schema().Entity(ch.table.Entity)
-		if !ok {
-			errs[i] = fmt.Errorf("entity %q is no longer configured", ch.table.Entity)
-			continue
+		k := rowKey(ch.table.Entity, ch.id)
+		if _, ok := byRow[k]; !ok {
+			order = append(order, k)
 		}
-		tok := c.seenOf(ch.table.Entity, ch.id)
-		c.log.Debug("capturing change", "entity", ch.table.Entity, "id", ch.id, "seen", tok.String(), "fields", len(ch.fields), "deleted", ch.deleted)
+		byRow[k] = append(byRow[k], i)
+	}
+	errs := make([]error, len(changes))
+	var wg sync.WaitGroup
+	for _, k := range order {
 		wg.Add(1)
-		go func(i int, ch change) {
+		go func(idx []int) {
 			defer wg.Done()
-			res, err := c.store.WriteAt(ctx, ent.Name, ch.id, c.origin, ch.at, func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
-				ec := crdt.EditContext{Token: tok, Explicit: true, Applied: env.Applied, History: env.History}
-				if ch.deleted {
-					if len(rec.Registers) == 0 {
-						return nil, nil
-					}
-					return ent.PrepareDelete(rec, ec)
-				}
-				if len(ch.fields) == 0 {
-					return nil, nil
-				}
-				return ent.PreparePut(rec, ch.fields, ec)
-			})
-			if err != nil {
-				errs[i] = err
-				return
+			for _, i := range idx {
+				errs[i] = c.applyOne(ctx, changes[i])
 			}
-			if res != nil && res.Edit != nil {
-				vv := crdt.VV{}.WithDot(res.Edit.Dot)
-				for _, w := range res.Edit.Writes {
-					vv = vv.Join(w.Ctx)
-				}
-				c.observe(ent.Name, ch.id, vv)
-			}
-		}(i, ch)
-		// Edits of one row must keep stream order: wait before the next
-		// change of the same row (rare within one transaction).
-		if i+1 < len(changes) && changes[i+1].id == ch.id {
-			wg.Wait()
-		}
+		}(byRow[k])
 	}
 	wg.Wait()
 	for i, err := range errs {
@@ -491,6 +466,39 @@ func (c *Connector) apply(ctx context.Context, changes []change) error {
 		if err := c.deadLetter(ctx, connectors.DirectionCapture, changes[i].table.Entity, changes[i].id, err); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// applyOne writes one change as an edit and records what the row has seen.
+func (c *Connector) applyOne(ctx context.Context, ch change) error {
+	ent, ok := c.schema.Schema().Entity(ch.table.Entity)
+	if !ok {
+		return fmt.Errorf("%w: entity %q is no longer configured", crdt.ErrInvalid, ch.table.Entity)
+	}
+	tok := c.seenOf(ch.table.Entity, ch.id)
+	res, err := c.store.WriteAt(ctx, ent.Name, ch.id, c.origin, ch.at, func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+		ec := crdt.EditContext{Token: tok, Explicit: true, Applied: env.Applied, History: env.History}
+		if ch.deleted {
+			if len(rec.Registers) == 0 {
+				return nil, nil
+			}
+			return ent.PrepareDelete(rec, ec)
+		}
+		if len(ch.fields) == 0 {
+			return nil, nil
+		}
+		return ent.PreparePut(rec, ch.fields, ec)
+	})
+	if err != nil {
+		return err
+	}
+	if res != nil && res.Edit != nil {
+		vv := crdt.VV{}.WithDot(res.Edit.Dot)
+		for _, w := range res.Edit.Writes {
+			vv = vv.Join(w.Ctx)
+		}
+		c.observe(ent.Name, ch.id, vv)
 	}
 	return nil
 }
@@ -513,6 +521,28 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 		return nil
 	}
 	next := time.Now().Add(5 * time.Second)
+	// Committed transactions are gathered while more of the stream is
+	// already waiting, then made durable together (one group of fsyncs);
+	// the flush position advances past them only after that.
+	var pending []change
+	var pendingEnd pglogrepl.LSN
+	var oldest time.Time  // commit time of the oldest pending transaction
+	var gathering time.Time // when the oldest pending change was received
+	flush := func() error {
+		if len(pending) > 0 {
+			if err := c.apply(ctx, pending); err != nil {
+				return err
+			}
+			if c.obs != nil {
+				c.obs.Captured(c.cfg.Name, len(pending), time.Since(oldest))
+			}
+			pending = pending[:0]
+		}
+		if pendingEnd > flushed {
+			flushed = pendingEnd
+		}
+		return nil
+	}
 	var tx struct {
 		echo    bool
 		at      time.Time
@@ -526,7 +556,11 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 			}
 			next = time.Now().Add(5 * time.Second)
 		}
-		rctx, cancel := context.WithDeadline(ctx, next)
+		deadline := next
+		if len(pending) > 0 || pendingEnd > flushed {
+			deadline = time.Now().Add(2 * time.Millisecond)
+		}
+		rctx, cancel := context.WithDeadline(ctx, deadline)
 		raw, err := rconn.ReceiveMessage(rctx)
 		cancel()
 		if err != nil {
@@ -534,6 +568,10 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 				return ctx.Err()
 			}
 			if pgconn.Timeout(err) {
+				// Nothing more waiting: make what was gathered durable.
+				if err := flush(); err != nil {
+					return err
+				}
 				continue
 			}
 			return fmt.Errorf("connector %s: replication stream: %w", c.cfg.Name, err)
@@ -604,23 +642,26 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 						c.remember(ch)
 					}
 				} else {
-					var changes []change
 					for _, ch := range tx.changes {
 						ch.at = tx.at
 						if d, ok := c.diff(ch); ok {
-							changes = append(changes, d)
+							if len(pending) == 0 {
+								oldest, gathering = tx.at, time.Now()
+							}
+							pending = append(pending, d)
 						}
 						c.remember(ch)
 					}
-					if err := c.apply(ctx, changes); err != nil {
+				}
+				// PostgreSQL may release this WAL once the edits are durable.
+				pendingEnd = m.TransactionEndLSN
+				// Bound the wait: a busy stream never pauses for the
+				// receive timeout, so flush on size or age too.
+				if len(pending) >= 1000 || (len(pending) > 0 && time.Since(gathering) > 5*time.Millisecond) {
+					if err := flush(); err != nil {
 						return err
 					}
-					if c.obs != nil && len(changes) > 0 {
-						c.obs.Captured(c.cfg.Name, len(changes), time.Since(tx.at))
-					}
 				}
-				// The edits are durable: PostgreSQL may release the WAL.
-				flushed = m.TransactionEndLSN
 			}
 		}
 	}

@@ -112,7 +112,7 @@ func (e *env) start(t *testing.T) {
 	t.Cleanup(func() { cancel(); wg.Wait() })
 }
 
-func query(t *testing.T, s *pgtest.Server, db, q string, args ...any) []string {
+func query(t testing.TB, s *pgtest.Server, db, q string, args ...any) []string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -102,10 +102,12 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 				records = append(records, [2]string{e.Entity, e.ID})
 			}
 		}
-		for _, r := range records {
-			if err := c.projectOrQueue(ctx, conn, r[0], r[1]); err != nil {
+		for len(records) > 0 {
+			n := min(len(records), 500)
+			if err := c.projectBatch(ctx, conn, records[:n]); err != nil {
 				return err
 			}
+			records = records[n:]
 		}
 	}
 }
@@ -136,16 +138,137 @@ func (c *Connector) projectAll(ctx context.Context, conn *pgx.Conn) error {
 	return nil
 }
 
+// projection is the SQL that writes one record's resolved state.
+type projection struct {
+	entity, id string
+	msg        string
+	q          string
+	args       []any
+	rec        *crdt.Record
+}
+
 // projectRecord writes one record's resolved state in one transaction.
 func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, id string) error {
+	p, err := c.build(entity, id)
+	if err != nil || p == nil {
+		return err
+	}
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	tx, err := conn.Begin(tctx)
+	if err != nil {
+		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
+	}
+	defer tx.Rollback(context.Background())
+	if err := c.execProjection(tctx, tx, p); err != nil {
+		return err
+	}
+	if err := tx.Commit(tctx); err != nil {
+		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
+	}
+	c.projected(p)
+	return nil
+}
+
+// projectBatch writes many records in one transaction (one commit), each
+// under a savepoint so a record the database refuses goes to the
+// dead-letter queue without undoing the others.
+func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records [][2]string) error {
+	var ps []*projection
+	for _, r := range records {
+		p, err := c.build(r[0], r[1])
+		if err != nil {
+			return err
+		}
+		if p != nil {
+			ps = append(ps, p)
+		}
+	}
+	if len(ps) == 0 {
+		return nil
+	}
+	tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	tx, err := conn.Begin(tctx)
+	if err != nil {
+		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
+	}
+	defer tx.Rollback(context.Background())
+	var done []*projection
+	for _, p := range ps {
+		if _, err := tx.Exec(tctx, "SAVEPOINT lattice_record"); err != nil {
+			return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
+		}
+		err := c.execProjection(tctx, tx, p)
+		var refused *refusedError
+		switch {
+		case errors.As(err, &refused):
+			if _, err := tx.Exec(tctx, "ROLLBACK TO SAVEPOINT lattice_record"); err != nil {
+				return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
+			}
+			if err := c.deadLetter(ctx, connectors.DirectionProject, p.entity, p.id, refused.err); err != nil {
+				return err
+			}
+		case err != nil:
+			return err
+		default:
+			if _, err := tx.Exec(tctx, "RELEASE SAVEPOINT lattice_record"); err != nil {
+				return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
+			}
+			done = append(done, p)
+		}
+	}
+	if err := tx.Commit(tctx); err != nil {
+		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
+	}
+	for _, p := range done {
+		c.projected(p)
+	}
+	return nil
+}
+
+// execProjection runs one record's projection inside tx.
+func (c *Connector) execProjection(ctx context.Context, tx pgx.Tx, p *projection) error {
+	if _, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2::bytea)", messagePrefix, []byte(p.msg)); err != nil {
+		return fmt.Errorf("connector %s: projection message: %w", c.cfg.Name, err)
+	}
+	if _, err := tx.Exec(ctx, p.q, p.args...); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && permanent(pgErr) {
+			return &refusedError{err: err}
+		}
+		return fmt.Errorf("connector %s: projection of %s %s: %w", c.cfg.Name, p.entity, p.id, err)
+	}
+	return nil
+}
+
+// projected reports a landed projection.
+func (c *Connector) projected(p *projection) {
+	c.log.Debug("projected", "entity", p.entity, "id", p.id, "context", p.rec.Context.String())
+	if c.obs == nil {
+		return
+	}
+	var newest crdt.Timestamp
+	for i := range p.rec.Registers {
+		for _, v := range p.rec.Registers[i].Versions {
+			if v.TS > newest {
+				newest = v.TS
+			}
+		}
+	}
+	c.obs.Projected(c.cfg.Name, time.Since(newest.Time()))
+}
+
+// build prepares a record's projection; nil when there is nothing to write.
+func (c *Connector) build(entity, id string) (*projection, error) {
 	t := c.cfg.tableFor(entity)
 	ent, ok := c.schema.Schema().Entity(entity)
 	if !ok || t == nil {
-		return nil
+		return nil, nil
 	}
 	rec, err := c.store.Get(entity, id)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fields, deleted := ent.View(rec)
 	values := map[string]crdt.Value{}
@@ -160,11 +283,11 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 	// showed it (not lattice's view of it): a row whose own edit won is not
 	// written back, and one that a projection overwrote is.
 	if c.holds(entity, id, mapped, deleted) {
-		return nil
+		return nil, nil
 	}
 	keys := strings.Split(id, "/")
 	if len(keys) != len(t.Key) {
-		return fmt.Errorf("connector %s: id %q does not split into the %d key columns of %s", c.cfg.Name, id, len(t.Key), t.Name)
+		return nil, fmt.Errorf("connector %s: id %q does not split into the %d key columns of %s", c.cfg.Name, id, len(t.Key), t.Name)
 	}
 	types := c.colTypes[t.Name]
 	table := pgx.Identifier(strings.Split(t.Name, ".")).Sanitize()
@@ -208,39 +331,7 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 		q = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s",
 			table, strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keyCols, ", "), strings.Join(sets, ", "))
 	}
-	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	defer cancel()
-	tx, err := conn.Begin(tctx)
-	if err != nil {
-		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(tctx, "SELECT pg_logical_emit_message(true, $1, $2::bytea)", messagePrefix, []byte(msg)); err != nil {
-		return fmt.Errorf("connector %s: projection message: %w", c.cfg.Name, err)
-	}
-	if _, err := tx.Exec(tctx, q, args...); err != nil {
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && permanent(pgErr) {
-			return &refusedError{err: err}
-		}
-		return fmt.Errorf("connector %s: projection of %s %s: %w", c.cfg.Name, entity, id, err)
-	}
-	if err := tx.Commit(tctx); err != nil {
-		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
-	}
-	c.log.Debug("projected", "entity", entity, "id", id, "deleted", deleted, "context", rec.Context.String())
-	if c.obs != nil {
-		var newest crdt.Timestamp
-		for i := range rec.Registers {
-			for _, v := range rec.Registers[i].Versions {
-				if v.TS > newest {
-					newest = v.TS
-				}
-			}
-		}
-		c.obs.Projected(c.cfg.Name, time.Since(newest.Time()))
-	}
-	return nil
+	return &projection{entity: entity, id: id, msg: msg, q: q, args: args, rec: rec}, nil
 }
 
 // refusedError is a projection the database refused for good (constraint
