@@ -189,6 +189,17 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 	}
 	tctx, cancel := context.WithTimeout(ctx, 60*time.Second)
 	defer cancel()
+	// Fast path: the whole batch in one transaction sent as one pipeline
+	// (one round trip). If the database refuses any statement, the
+	// transaction is rolled back and the batch goes through the slow path.
+	if ok, err := c.pipeline(tctx, conn, ps); err != nil {
+		return err
+	} else if ok {
+		for _, p := range ps {
+			c.projected(p)
+		}
+		return nil
+	}
 	tx, err := conn.Begin(tctx)
 	if err != nil {
 		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
@@ -225,6 +236,39 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 		c.projected(p)
 	}
 	return nil
+}
+
+// pipeline sends a batch's projections in one transaction and one round
+// trip. It reports false (and has rolled back) when the database refused a
+// statement for good; transient failures are errors.
+func (c *Connector) pipeline(ctx context.Context, conn *pgx.Conn, ps []*projection) (bool, error) {
+	b := &pgx.Batch{}
+	b.Queue("BEGIN")
+	for _, p := range ps {
+		b.Queue("SELECT pg_logical_emit_message(true, $1, $2::bytea)", messagePrefix, []byte(p.msg))
+		b.Queue(p.q, p.args...)
+	}
+	b.Queue("COMMIT")
+	res := conn.SendBatch(ctx, b)
+	var failed error
+	for i := 0; i < b.Len(); i++ {
+		if _, err := res.Exec(); err != nil && failed == nil {
+			failed = err
+		}
+	}
+	if err := res.Close(); err != nil && failed == nil {
+		failed = err
+	}
+	if failed == nil {
+		return true, nil
+	}
+	// An error aborts the transaction; make sure nothing of it remains.
+	_, _ = conn.Exec(ctx, "ROLLBACK")
+	var pgErr *pgconn.PgError
+	if errors.As(failed, &pgErr) && (permanent(pgErr) || pgErr.Code == "25P02") {
+		return false, nil
+	}
+	return false, fmt.Errorf("connector %s: projection: %w", c.cfg.Name, failed)
 }
 
 // execProjection runs one record's projection inside tx.
