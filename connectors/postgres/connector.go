@@ -526,7 +526,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
 	// the flush position advances past them only after that.
 	var pending []change
 	var pendingEnd pglogrepl.LSN
-	var oldest time.Time  // commit time of the oldest pending transaction
+	var oldest time.Time    // commit time of the oldest pending transaction
 	var gathering time.Time // when the oldest pending change was received
 	flush := func() error {
 		if len(pending) > 0 {
