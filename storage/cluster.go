@@ -23,26 +23,7 @@ func truncatedKey(origin string) []byte {
 	return appendEscaped([]byte{prefixTruncated}, origin)
 }
 
-func (s *Store) scanTruncated() (crdt.VV, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixTruncated}, UpperBound: []byte{prefixTruncated + 1}})
-	if err != nil {
-		return nil, err
-	}
-	defer it.Close()
-	m := map[string]uint64{}
-	for it.First(); it.Valid(); it.Next() {
-		origin, _, err := readEscaped(it.Key()[1:])
-		if err != nil {
-			return nil, fmt.Errorf("%w: truncated key: %v", ErrCorrupt, err)
-		}
-		seq, err := decodeUvarint(it.Value())
-		if err != nil {
-			return nil, err
-		}
-		m[origin] = seq
-	}
-	return crdt.MakeVV(m), it.Error()
-}
+func (s *Store) scanTruncated() (crdt.VV, error) { return s.scanMarks(prefixTruncated, "truncated") }
 
 // Truncated returns, per origin, the highest seq removed from the op log
 // (or never held, after a snapshot install).

@@ -212,8 +212,10 @@ func (s *Store) load() error {
 	return nil
 }
 
-func (s *Store) scanApplied() (crdt.VV, error) {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefixApplied}, UpperBound: []byte{prefixApplied + 1}})
+// scanMarks reads a per-origin vector stored under prefix (one key per
+// origin, uvarint value): the applied marks and the truncation marks.
+func (s *Store) scanMarks(prefix byte, what string) (crdt.VV, error) {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{prefix}, UpperBound: []byte{prefix + 1}})
 	if err != nil {
 		return nil, err
 	}
@@ -222,7 +224,7 @@ func (s *Store) scanApplied() (crdt.VV, error) {
 	for it.First(); it.Valid(); it.Next() {
 		origin, _, err := readEscaped(it.Key()[1:])
 		if err != nil {
-			return nil, fmt.Errorf("%w: applied key: %v", ErrCorrupt, err)
+			return nil, fmt.Errorf("%w: %s key: %v", ErrCorrupt, what, err)
 		}
 		seq, err := decodeUvarint(it.Value())
 		if err != nil {
@@ -232,6 +234,8 @@ func (s *Store) scanApplied() (crdt.VV, error) {
 	}
 	return crdt.MakeVV(m), it.Error()
 }
+
+func (s *Store) scanApplied() (crdt.VV, error) { return s.scanMarks(prefixApplied, "applied") }
 
 // NodeID returns this node's id.
 func (s *Store) NodeID() string { return s.cfg.NodeID }
