@@ -417,3 +417,23 @@ func sameVV(a, b *pb.VersionVector) bool {
 	}
 	return true
 }
+
+// Main is a TestMain for packages that run node processes: it enters a
+// private network namespace (when it can), builds the lattice binary into a
+// temporary directory, stores its path in *bin, runs the tests and exits.
+func Main(m *testing.M, bin *string) {
+	EnterNetNS()
+	dir, err := os.MkdirTemp("", "lattice-test-bin-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if *bin, err = Build(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.RemoveAll(dir)
+		os.Exit(2)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}

@@ -3,7 +3,6 @@ package postgres_test
 import (
 	"context"
 	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -15,22 +14,7 @@ import (
 
 var latticeBin string
 
-func TestMain(m *testing.M) {
-	clustertest.EnterNetNS()
-	dir, err := os.MkdirTemp("", "lattice-pg-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	latticeBin, err = clustertest.Build(dir)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		os.Exit(2)
-	}
-	code := m.Run()
-	os.RemoveAll(dir)
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { clustertest.Main(m, &latticeBin) }
 
 // TestConnectorOwnerKilled: rows keep arriving in crm while the node that
 // runs crm's connector is SIGKILLed; the Raft leader moves the connector,
