@@ -121,10 +121,65 @@ func (p *puller) stream(ctx context.Context) error {
 			last = cur
 		}
 	}()
+	// Messages are applied as a pipeline: this loop decodes each one and
+	// queues its edits in the store in stream order, while the applier
+	// goroutine waits for them to be durable, counts repairs and triggers
+	// the ack. The next message is queued while the last one is syncing.
+	type queued struct {
+		edits   []*crdt.Edit
+		pending *storage.Pending
+	}
+	work := make(chan queued, 16)
+	applyErr := make(chan error, 1)
+	applierDone := make(chan struct{})
+	go func() {
+		defer close(applierDone)
+		for q := range work {
+			res, errs := q.pending.Wait()
+			repaired := 0
+			for i, r := range res {
+				if errs[i] == nil && r != nil && !r.Duplicate && q.edits[i].Dot.Node != p.peer {
+					repaired++ // another origin's edit, filled in by this peer
+				}
+			}
+			if repaired > 0 && p.n.cfg.Metrics != nil {
+				p.n.cfg.Metrics.Repaired(repaired)
+			}
+			for i, err := range errs {
+				if err == nil {
+					continue
+				}
+				if errors.Is(err, crdt.ErrClockOffset) {
+					p.n.countRefusal(q.edits[i].Dot.Node)
+				}
+				// Out of order or refused: restart from what is applied; the
+				// edit stays in the peer's log and is retried after backoff.
+				select {
+				case applyErr <- fmt.Errorf("apply %s from %s: %w", q.edits[i].Dot, p.peer, err):
+				default:
+				}
+				cancel()
+				break
+			}
+			select {
+			case ackNow <- struct{}{}:
+			default:
+			}
+		}
+	}()
+	defer func() {
+		close(work)
+		<-applierDone
+	}()
 	for {
 		msg, err := s.Recv()
 		if err != nil {
 			cancel()
+			select {
+			case aerr := <-applyErr:
+				return aerr
+			default:
+			}
 			if errors.Is(err, io.EOF) {
 				return nil
 			}
@@ -144,30 +199,10 @@ func (p *puller) stream(ctx context.Context) error {
 			}
 			edits = append(edits, e)
 		}
-		res, errs := store.ApplyRemoteBatch(ctx, edits)
-		repaired := 0
-		for i, r := range res {
-			if errs[i] == nil && r != nil && !r.Duplicate && edits[i].Dot.Node != p.peer {
-				repaired++ // another origin's edit, filled in by this peer
-			}
-		}
-		if repaired > 0 && p.n.cfg.Metrics != nil {
-			p.n.cfg.Metrics.Repaired(repaired)
-		}
-		for i, err := range errs {
-			if err == nil {
-				continue
-			}
-			if errors.Is(err, crdt.ErrClockOffset) {
-				p.n.countRefusal(edits[i].Dot.Node)
-			}
-			// Out of order or refused: restart from what is applied; the
-			// edit stays in the peer's log and is retried after backoff.
-			return fmt.Errorf("apply %s from %s: %w", edits[i].Dot, p.peer, err)
-		}
 		select {
-		case ackNow <- struct{}{}:
-		default:
+		case work <- queued{edits: edits, pending: store.EnqueueRemote(ctx, edits)}:
+		case aerr := <-applyErr:
+			return aerr
 		}
 	}
 }

@@ -64,6 +64,10 @@ type Observer interface {
 	// Projected reports a record written into the system, and how long
 	// after the edit that changed it.
 	Projected(connector string, lag time.Duration)
+	// Resnapshot reports that capture could not trust its source position
+	// (a lost, invalidated or recreated replication slot) and starts over
+	// from a new snapshot, and why.
+	Resnapshot(connector, reason string)
 }
 
 // Runnable is a started connector.

@@ -37,41 +37,38 @@ func (s *Store) Truncated() crdt.VV {
 // one error per edit (nil, or as ApplyRemote would return). Queuing all of
 // them before waiting lets one fsync cover the whole batch.
 func (s *Store) ApplyRemoteBatch(ctx context.Context, edits []*crdt.Edit) ([]*Result, []error) {
-	ops := make([]*op, len(edits))
-	res := make([]*Result, len(edits))
-	errs := make([]error, len(edits))
+	return s.EnqueueRemote(ctx, edits).Wait()
+}
+
+// EnqueueRemote queues edits from peers in the given order without waiting
+// for them (see Enqueue); Wait returns one outcome per edit, as ApplyRemote
+// would. A replication stream queues the next message's edits while the
+// last ones are being synced.
+func (s *Store) EnqueueRemote(ctx context.Context, edits []*crdt.Edit) *Pending {
+	p := &Pending{s: s, ops: make([]*op, len(edits)), err: make([]error, len(edits))}
+	var stop error
 	for i, e := range edits {
+		if stop != nil {
+			p.err[i] = stop
+			continue
+		}
 		if err := s.checkRemote(e); err != nil {
-			errs[i] = err
+			p.err[i] = err
 			continue
 		}
 		o := &op{remote: e, done: make(chan struct{})}
 		select {
 		case s.reqs <- o:
-			ops[i] = o
+			p.ops[i] = o
 		case <-s.stop:
-			errs[i] = ErrClosed
+			stop = ErrClosed
+			p.err[i] = stop
 		case <-ctx.Done():
-			errs[i] = ctx.Err()
+			stop = ctx.Err()
+			p.err[i] = stop
 		}
 	}
-	for i, o := range ops {
-		if o == nil {
-			continue
-		}
-		select {
-		case <-o.done:
-			res[i], errs[i] = o.res, o.err
-		case <-s.stopped:
-			select {
-			case <-o.done:
-				res[i], errs[i] = o.res, o.err
-			default:
-				errs[i] = ErrClosed
-			}
-		}
-	}
-	return res, errs
+	return p
 }
 
 // SnapshotReader reads a consistent snapshot of the store's records.

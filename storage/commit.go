@@ -482,3 +482,83 @@ func (s *Store) failure() error {
 func (st *batchState) dirty() bool { return len(st.edits) > 0 || st.advanced }
 
 func putUvarint(b []byte, x uint64) int { return binary.PutUvarint(b, x) }
+
+// LocalWrite is one local edit for Enqueue.
+type LocalWrite struct {
+	Entity, ID, Origin string
+	// At, when set, is the edit's time at its source (see WriteAt).
+	At      time.Time
+	Prepare PrepareFunc
+}
+
+// Pending is a set of edits queued by Enqueue.
+type Pending struct {
+	s   *Store
+	ops []*op
+	err []error // errors that kept an edit from being queued
+}
+
+// Enqueue queues local edits without waiting for them to commit. Edits
+// queued by one call, and by successive calls of one caller, are staged in
+// that order: each PrepareFunc sees the record as the earlier edits left it.
+// Many edits share one batch and one fsync, so a caller with a stream of
+// edits (a connector's capture) can queue the next group while the last is
+// being synced. Wait returns the outcomes. If ctx ends or the store closes
+// before an edit is queued, that edit and the ones after it fail with that
+// error and are not applied.
+func (s *Store) Enqueue(ctx context.Context, ws []LocalWrite) *Pending {
+	p := &Pending{s: s, ops: make([]*op, len(ws)), err: make([]error, len(ws))}
+	var stop error
+	for i, w := range ws {
+		if stop != nil {
+			p.err[i] = stop
+			continue
+		}
+		if err := crdt.CheckID(w.ID); err != nil {
+			p.err[i] = err
+			continue
+		}
+		o := &op{entity: w.Entity, id: w.ID, origin: w.Origin, prepare: w.Prepare, done: make(chan struct{})}
+		if !w.At.IsZero() {
+			o.at = crdt.TimestampFromTime(w.At)
+		}
+		select {
+		case s.reqs <- o:
+			p.ops[i] = o
+		case <-s.stop:
+			stop = ErrClosed
+			p.err[i] = stop
+		case <-ctx.Done():
+			stop = ctx.Err()
+			p.err[i] = stop
+		}
+	}
+	return p
+}
+
+// Wait returns each queued edit's outcome once all are durable (or failed),
+// in the order they were queued. Like Write, it waits for an edit that was
+// queued even if the caller's context has ended, so an edit that landed is
+// never reported as failed.
+func (p *Pending) Wait() ([]*Result, []error) {
+	res := make([]*Result, len(p.ops))
+	errs := make([]error, len(p.ops))
+	for i, o := range p.ops {
+		if o == nil {
+			errs[i] = p.err[i]
+			continue
+		}
+		select {
+		case <-o.done:
+			res[i], errs[i] = o.res, o.err
+		case <-p.s.stopped:
+			select {
+			case <-o.done:
+				res[i], errs[i] = o.res, o.err
+			default:
+				errs[i] = ErrClosed
+			}
+		}
+	}
+	return res, errs
+}

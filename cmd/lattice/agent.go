@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"path/filepath"
 	"time"
@@ -232,6 +233,11 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	if f.httpAddr != "" {
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+		// Go profiles, for finding where time goes under load (the HTTP
+		// address is loopback by default; do not expose it publicly).
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 		mux.HandleFunc("/readyz", func(w http.ResponseWriter, _ *http.Request) {
 			if ctx.Err() != nil {
@@ -242,7 +248,7 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 		})
 		hsrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 		go func() { httpDone <- hsrv.Serve(hl) }()
-		log.Info("HTTP listening", "addr", hl.Addr().String(), "paths", "/metrics /healthz /readyz")
+		log.Info("HTTP listening", "addr", hl.Addr().String(), "paths", "/metrics /healthz /readyz /debug/pprof/")
 	}
 
 	// Connectors: run those the Raft leader placed on this node.
@@ -255,8 +261,15 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 			if err != nil {
 				return nil, err
 			}
+			// Captured edits reach cfg.Acks nodes before the source may
+			// release them (fewer when fewer are alive: a lone survivor
+			// still makes progress).
+			wait := func(ctx context.Context, dot crdt.Dot, k int) error {
+				return node.WaitAcks(ctx, dot, min(k, 1+len(node.Peers())))
+			}
 			return postgres.New(cfg, store, records, log, postgres.WithCheckpoints(node, epoch),
-				postgres.WithDeadLetters(dlqAdapter{node}), postgres.WithObserver(m)), nil
+				postgres.WithDeadLetters(dlqAdapter{node}), postgres.WithObserver(m),
+				postgres.WithWriteConcern(cfg.Acks, wait)), nil
 		}
 		return nil, fmt.Errorf("connector %q: unknown kind %q (supported: postgres)", decl.Name, decl.Kind)
 	}, log)

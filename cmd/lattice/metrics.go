@@ -28,6 +28,7 @@ type metrics struct {
 	captured  *prometheus.CounterVec
 	capLag    *prometheus.HistogramVec
 	projLag   *prometheus.HistogramVec
+	resnap    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -60,6 +61,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		Help: "From a source transaction's commit to its edits being durable, by connector.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"connector"})
 	m.projLag = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "lattice_connector_projection_lag_seconds",
 		Help: "From an edit to its record being written into the system, by connector.", Buckets: prometheus.ExponentialBuckets(0.001, 2, 16)}, []string{"connector"})
+	m.resnap = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "lattice_connector_resnapshots_total",
+		Help: "Times capture distrusted its replication slot (missing, invalidated or recreated) and started over from a new snapshot, by connector."}, []string{"connector"})
+	reg.MustRegister(m.resnap)
 	reg.MustRegister(m.edits, m.conflicts, m.batches, m.batchSize, m.requests, m.latency, m.refused, m.snapshots, m.truncated, m.repaired,
 		m.captured, m.capLag, m.projLag)
 	return m
@@ -75,6 +79,9 @@ func (m *metrics) Captured(connector string, edits int, lag time.Duration) {
 func (m *metrics) Projected(connector string, lag time.Duration) {
 	m.projLag.WithLabelValues(connector).Observe(lag.Seconds())
 }
+
+// Resnapshot implements connectors.Observer.
+func (m *metrics) Resnapshot(connector, _ string) { m.resnap.WithLabelValues(connector).Inc() }
 
 // Repaired implements cluster.Observer.
 func (m *metrics) Repaired(edits int) { m.repaired.Add(float64(edits)) }

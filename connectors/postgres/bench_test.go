@@ -2,11 +2,14 @@ package postgres_test
 
 import (
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,7 +68,7 @@ connectors:
     tables:
       clients: {entity: contact, key: [client_ref], columns: {name: name, email: email, tel: phone, sent_at: sent_at}}
 `
-	clustertest.Start(b, latticeBin, 3, clustertest.Options{Config: cfg})
+	c := clustertest.Start(b, latticeBin, 3, clustertest.Options{Config: cfg})
 	count := func(s *pgtest.Server, db, q string) int {
 		r := query(b, s, db, q)
 		n, _ := strconv.Atoi(r[0])
@@ -99,6 +102,7 @@ connectors:
 		if err := a.Start(); err != nil {
 			b.Fatal(err)
 		}
+		profiles := profileNodes(b, c, fmt.Sprintf("%d", rate))
 		if err := n.Start(); err != nil {
 			b.Fatal(err)
 		}
@@ -110,6 +114,7 @@ connectors:
 		}
 		b.Logf("pgbench crm: %s", lastLine(aout.String()))
 		b.Logf("pgbench crm_native: %s", lastLine(nout.String()))
+		<-profiles
 		time.Sleep(5 * time.Second) // drain
 		for _, db := range []string{"billing", "billing_native"} {
 			r := query(b, dst, db, `SELECT count(*),
@@ -133,4 +138,39 @@ func lastLine(s string) string {
 		}
 	}
 	return lines[len(lines)-1]
+}
+
+// profileNodes takes an 8 s CPU profile of every node into
+// $LATTICE_BENCH_PROFILE/<node>-<tag>.pprof when that variable is set.
+func profileNodes(b *testing.B, c *clustertest.Cluster, tag string) chan struct{} {
+	done := make(chan struct{})
+	dir := os.Getenv("LATTICE_BENCH_PROFILE")
+	if dir == "" {
+		close(done)
+		return done
+	}
+	go func() {
+		defer close(done)
+		var wg sync.WaitGroup
+		for _, nd := range c.Nodes {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				resp, err := http.Get("http://" + nd.HTTP + "/debug/pprof/profile?seconds=8")
+				if err != nil {
+					b.Logf("profile %s: %v", nd.ID, err)
+					return
+				}
+				defer resp.Body.Close()
+				f, err := os.Create(filepath.Join(dir, nd.ID+"-"+tag+".pprof"))
+				if err != nil {
+					return
+				}
+				defer f.Close()
+				io.Copy(f, resp.Body)
+			}()
+		}
+		wg.Wait()
+	}()
+	return done
 }

@@ -27,6 +27,10 @@ type Config struct {
 	// Capture and Project enable each direction (both by default).
 	Capture bool
 	Project bool
+	// Acks is how many nodes (this one included) must hold captured edits
+	// durably before the source is told it may release them (default 2;
+	// fewer when fewer nodes are alive).
+	Acks int
 	// MaxOffset bounds how far a commit time may be from the node's clock
 	// to be used as the edit's timestamp.
 	MaxOffset time.Duration
@@ -62,6 +66,7 @@ type rawConfig struct {
 	Tables      map[string]rawTable `json:"tables"`
 	Capture     *bool               `json:"capture"`
 	Project     *bool               `json:"project"`
+	Acks        *int                `json:"acks"`
 }
 
 // ParseConfig reads a connector declaration (the YAML mapping under
@@ -79,6 +84,10 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 	}
 	c := &Config{Name: name, Publication: raw.Publication, Slot: raw.Slot, Capture: true, Project: true,
 		MaxOffset: crdt.DefaultMaxOffset}
+	c.Acks = 2
+	if raw.Acks != nil {
+		c.Acks = *raw.Acks
+	}
 	if raw.Capture != nil {
 		c.Capture = *raw.Capture
 	}
@@ -108,6 +117,9 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 		c.DSN = raw.DSN
 	default:
 		errs = append(errs, fmt.Errorf("connector %q: no connection string: set dsn_env (an environment variable) or dsn_file", name))
+	}
+	if c.Acks < 1 || c.Acks > 9 {
+		errs = append(errs, fmt.Errorf("connector %q: acks %d: want 1 (this node only) to 9 nodes", name, c.Acks))
 	}
 	if len(raw.Tables) == 0 {
 		errs = append(errs, fmt.Errorf("connector %q: no tables", name))

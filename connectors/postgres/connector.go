@@ -3,19 +3,17 @@ package postgres
 import (
 	"context"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pglogrepl"
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
-	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/lattice-sync/lattice/connectors"
 	"github.com/lattice-sync/lattice/crdt"
@@ -59,6 +57,14 @@ type Connector struct {
 
 	checkpoints connectors.Checkpointer
 	epoch       uint64
+	// acks is the write concern captured edits reach before a checkpoint
+	// lets the source release them; waitAcks waits for it.
+	acks     int
+	waitAcks func(ctx context.Context, dot crdt.Dot, k int) error
+	// confirmed is the stream position (an LSN) last recorded by a
+	// checkpoint: what the server is told lattice has flushed.
+	confirmed atomic.Uint64
+	prog      progress
 	dlq         connectors.DeadLetters
 	obs         connectors.Observer
 }
@@ -94,10 +100,12 @@ func WithCheckpoints(cp connectors.Checkpointer, epoch uint64) Option {
 	return func(c *Connector) { c.checkpoints, c.epoch = cp, epoch }
 }
 
-// checkpoint is what the connector records through the control plane.
-type checkpoint struct {
-	Slot string `json:"slot"`
-	LSN  string `json:"lsn"`
+// WithWriteConcern makes a checkpoint wait until the captured edits it
+// covers are durable on acks nodes (this one included), so the source
+// never releases a change only one node holds. wait is the cluster's
+// acknowledgement wait (cluster.Node.WaitAcks).
+func WithWriteConcern(acks int, wait func(ctx context.Context, dot crdt.Dot, k int) error) Option {
+	return func(c *Connector) { c.acks, c.waitAcks = acks, wait }
 }
 
 // New returns a connector; Run starts it.
@@ -131,7 +139,7 @@ func (c *Connector) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, 2)
+	errs := make(chan error, 3)
 	var wg sync.WaitGroup
 	if c.cfg.Project {
 		sub, err := c.store.Subscribe(8192)
@@ -159,6 +167,13 @@ func (c *Connector) Run(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			errs <- c.capture(ctx, conn)
+		}()
+	}
+	if c.checkpoints != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- c.checkpointLoop(ctx)
 		}()
 	}
 	var first error
@@ -275,111 +290,12 @@ type change struct {
 	id      string
 	fields  map[string]crdt.Value
 	deleted bool
-}
-
-// capture reads the snapshot (first run) and then the change stream.
-func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
-	rconn, err := pgconn.Connect(ctx, replicationDSN(c.cfg.DSN))
-	if err != nil {
-		return fmt.Errorf("connector %s: replication connection: %w", c.cfg.Name, err)
-	}
-	defer rconn.Close(context.Background())
-	var exists bool
-	if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_replication_slots WHERE slot_name = $1)", c.cfg.Slot).Scan(&exists); err != nil {
-		return err
-	}
-	var start pglogrepl.LSN
-	if !exists && c.checkpoints != nil {
-		if _, data, ok := c.checkpoints.ReadCheckpoint(c.cfg.Name); ok {
-			var cp checkpoint
-			_ = json.Unmarshal(data, &cp)
-			// Source safety: the slot the checkpoint refers to is gone (dropped,
-			// or the database was restored): changes since may be lost, so
-			// capture starts over from a snapshot rather than trust it.
-			c.log.Warn("replication slot from the last checkpoint is missing: taking a new initial snapshot",
-				"slot", c.cfg.Slot, "checkpoint_lsn", cp.LSN)
-		}
-	}
-	if !exists {
-		res, err := pglogrepl.CreateReplicationSlot(ctx, rconn, c.cfg.Slot, "pgoutput",
-			pglogrepl.CreateReplicationSlotOptions{SnapshotAction: "EXPORT_SNAPSHOT"})
-		if err != nil {
-			return fmt.Errorf("connector %s: create replication slot: %w", c.cfg.Name, err)
-		}
-		lsn, err := pglogrepl.ParseLSN(res.ConsistentPoint)
-		if err != nil {
-			return err
-		}
-		start = lsn
-		// Initial snapshot at exactly the slot's starting point.
-		if err := c.snapshot(ctx, conn, res.SnapshotName); err != nil {
-			return err
-		}
-	}
-	close(c.ready)
-	err = pglogrepl.StartReplication(ctx, rconn, c.cfg.Slot, start, pglogrepl.StartReplicationOptions{PluginArgs: []string{
-		"proto_version '2'", fmt.Sprintf("publication_names '%s'", c.cfg.Publication), "messages 'true'"}})
-	if err != nil {
-		return fmt.Errorf("connector %s: start replication: %w", c.cfg.Name, err)
-	}
-	c.log.Info("capture streaming", "slot", c.cfg.Slot, "from", start.String())
-	return c.stream(ctx, rconn)
-}
-
-// snapshot captures every existing row of the mapped tables as of the slot's snapshot.
-func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) error {
-	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
-	if err != nil {
-		return err
-	}
-	defer tx.Rollback(context.Background())
-	if _, err := tx.Exec(ctx, fmt.Sprintf("SET TRANSACTION SNAPSHOT '%s'", name)); err != nil {
-		return fmt.Errorf("connector %s: use the slot's snapshot: %w", c.cfg.Name, err)
-	}
-	total := 0
-	for i := range c.cfg.Tables {
-		t := &c.cfg.Tables[i]
-		cols := append(append([]string{}, t.Key...), mapKeys(t.Columns)...)
-		q := fmt.Sprintf("SELECT %s FROM %s", castText(cols), pgx.Identifier(strings.Split(t.Name, ".")).Sanitize())
-		rows, err := tx.Query(ctx, q)
-		if err != nil {
-			return fmt.Errorf("connector %s: snapshot of %s: %w", c.cfg.Name, t.Name, err)
-		}
-		var batch []change
-		for rows.Next() {
-			vals := make([]*string, len(cols))
-			ptrs := make([]any, len(cols))
-			for i := range vals {
-				ptrs[i] = &vals[i]
-			}
-			if err := rows.Scan(ptrs...); err != nil {
-				rows.Close()
-				return err
-			}
-			text := map[string]*string{}
-			for i, col := range cols {
-				text[col] = vals[i]
-			}
-			ch, err := c.toChange(t, text, false)
-			if err != nil {
-				c.log.Error("snapshot row skipped", "table", t.Name, "err", err)
-				continue
-			}
-			ch.at = time.Now()
-			c.remember(ch)
-			batch = append(batch, ch)
-		}
-		rows.Close()
-		if err := rows.Err(); err != nil {
-			return err
-		}
-		if err := c.apply(ctx, batch); err != nil {
-			return err
-		}
-		total += len(batch)
-	}
-	c.log.Info("initial snapshot captured", "rows", total)
-	return tx.Commit(ctx)
+	// seen is what the stream showed the row had seen when the change was
+	// decoded (lattice's projections into it); set by the stream.
+	seen crdt.VV
+	// snapshot marks a row read by a snapshot rather than a change: fields
+	// that already hold the record's resolved value are not written again.
+	snapshot bool
 }
 
 func castText(cols []string) string {
@@ -428,34 +344,129 @@ func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (c
 	return ch, nil
 }
 
-// apply writes captured changes as edits, each with the context of what the
-// database had seen of its record, and waits until they are durable.
-// Changes of different rows go in parallel (they share fsyncs through the
-// store's group commit); changes of one row go in stream order, each seeing
-// the one before.
-func (c *Connector) apply(ctx context.Context, changes []change) error {
-	byRow := map[string][]int{}
-	var order []string
+// group is captured changes queued as edits and not yet known durable.
+type group struct {
+	changes []change
+	pending *storage.Pending
+	queued  []int   // index into changes of each queued write
+	bad     []error // per change: refused before it could be queued
+	pos     position  // stream position after the group's last change
+	oldest  time.Time // commit time of the oldest transaction in the group
+}
+
+// enqueue queues captured changes as edits, in stream order, without
+// waiting for them. Each carries the context of what the database had seen
+// of its record at that point of the stream: its own earlier changes of the
+// row and lattice's projections into it. Several changes of one row are
+// staged in order, each seeing the one before, so a whole group shares one
+// fsync.
+func (c *Connector) enqueue(ctx context.Context, changes []change) *group {
+	g := &group{changes: changes, bad: make([]error, len(changes))}
+	ws := make([]storage.LocalWrite, 0, len(changes))
 	for i, ch := range changes {
-		k := rowKey(ch.table.Entity, ch.id)
-		if _, ok := byRow[k]; !ok {
-			order = append(order, k)
+		ent, ok := c.schema.Schema().Entity(ch.table.Entity)
+		if !ok {
+			g.bad[i] = fmt.Errorf("%w: entity %q is no longer configured", crdt.ErrInvalid, ch.table.Entity)
+			continue
 		}
-		byRow[k] = append(byRow[k], i)
+		// What only the stream knows (the projections the row received) is
+		// taken now, in stream order; what the store knows (this database's
+		// own earlier changes of the row) is added when the edit is staged.
+		ws = append(ws, c.write(ent, ch, ch.seen))
+		g.queued = append(g.queued, i)
 	}
-	errs := make([]error, len(changes))
-	var wg sync.WaitGroup
-	for _, k := range order {
-		wg.Add(1)
-		go func(idx []int) {
-			defer wg.Done()
-			for _, i := range idx {
-				errs[i] = c.applyOne(ctx, changes[i])
+	g.pending = c.store.Enqueue(ctx, ws)
+	return g
+}
+
+// write is the store write of one captured change whose stream-known
+// context is tok.
+func (c *Connector) write(ent *crdt.Entity, ch change, tok crdt.VV) storage.LocalWrite {
+	return storage.LocalWrite{Entity: ent.Name, ID: ch.id, Origin: c.origin, At: ch.at,
+		Prepare: func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+			// The database saw every version it produced itself: each of its
+			// changes of a row comes after the earlier ones in its stream.
+			ec := crdt.EditContext{Token: tok.Join(ownContext(rec, c.origin)), Explicit: true, Applied: env.Applied}
+			// The context is a join of contexts this node computed (each
+			// closed over the versions it covered when it was computed), so
+			// it is already closed over history; history is read only to
+			// fill a partial write of a field group.
+			if len(ent.Groups) > 0 {
+				ec.History = env.History
 			}
-		}(byRow[k])
+			if ch.deleted {
+				if len(rec.Registers) == 0 {
+					return nil, nil
+				}
+				return ent.PrepareDelete(rec, ec)
+			}
+			fields := ch.fields
+			if ch.snapshot && len(rec.Registers) > 0 {
+				fields = unchanged(ent, rec, fields)
+			}
+			if len(fields) == 0 {
+				return nil, nil
+			}
+			return ent.PreparePut(rec, fields, ec)
+		}}
+}
+
+// unchanged drops the fields whose value is already the record's resolved
+// value: a snapshot row that agrees with lattice adds nothing (and, after a
+// re-snapshot, would only show as versions concurrent with ones the row
+// already holds).
+func unchanged(ent *crdt.Entity, rec *crdt.Record, fields map[string]crdt.Value) map[string]crdt.Value {
+	view, deleted := ent.View(rec)
+	if deleted {
+		return fields
 	}
-	wg.Wait()
-	for i, err := range errs {
+	cur := make(map[string]crdt.Value, len(view))
+	for _, f := range view {
+		cur[f.Name] = f.Value
+	}
+	out := make(map[string]crdt.Value, len(fields))
+	for f, v := range fields {
+		if old, ok := cur[f]; !ok || !old.Equal(v) {
+			out[f] = v
+		}
+	}
+	return out
+}
+
+// ownContext is the join of the dots and contexts of the record's live
+// versions that origin wrote.
+func ownContext(rec *crdt.Record, origin string) crdt.VV {
+	var vv crdt.VV
+	for i := range rec.Registers {
+		for _, v := range rec.Registers[i].Versions {
+			if v.Origin == origin {
+				vv = vv.WithDot(v.Dot).Join(v.Ctx)
+			}
+		}
+	}
+	return vv
+}
+
+// complete waits until a group's edits are durable, records what each row
+// has now seen, and sends changes the store refused as invalid to the
+// dead-letter queue. Any other failure is returned: the group is then not
+// acknowledged to the source and is captured again after a restart.
+func (c *Connector) complete(ctx context.Context, g *group) error {
+	res, errs := g.pending.Wait()
+	for j, i := range g.queued {
+		if errs[j] != nil {
+			g.bad[i] = errs[j]
+			continue
+		}
+		if r := res[j]; r != nil && r.Edit != nil {
+			vv := crdt.VV{}.WithDot(r.Edit.Dot)
+			for _, w := range r.Edit.Writes {
+				vv = vv.Join(w.Ctx)
+			}
+			c.observe(r.Edit.Entity, r.Edit.ID, vv)
+		}
+	}
+	for i, err := range g.bad {
 		if err == nil {
 			continue
 		}
@@ -463,208 +474,19 @@ func (c *Connector) apply(ctx context.Context, changes []change) error {
 			return err
 		}
 		// Bad data from the source: to the dead-letter queue, never dropped.
-		if err := c.deadLetter(ctx, connectors.DirectionCapture, changes[i].table.Entity, changes[i].id, err); err != nil {
+		if err := c.deadLetter(ctx, connectors.DirectionCapture, g.changes[i].table.Entity, g.changes[i].id, err); err != nil {
 			return err
 		}
+	}
+	if c.obs != nil && len(g.changes) > 0 && !g.oldest.IsZero() {
+		c.obs.Captured(c.cfg.Name, len(g.changes), time.Since(g.oldest))
 	}
 	return nil
 }
 
-// applyOne writes one change as an edit and records what the row has seen.
-func (c *Connector) applyOne(ctx context.Context, ch change) error {
-	ent, ok := c.schema.Schema().Entity(ch.table.Entity)
-	if !ok {
-		return fmt.Errorf("%w: entity %q is no longer configured", crdt.ErrInvalid, ch.table.Entity)
-	}
-	tok := c.seenOf(ch.table.Entity, ch.id)
-	res, err := c.store.WriteAt(ctx, ent.Name, ch.id, c.origin, ch.at, func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
-		ec := crdt.EditContext{Token: tok, Explicit: true, Applied: env.Applied, History: env.History}
-		if ch.deleted {
-			if len(rec.Registers) == 0 {
-				return nil, nil
-			}
-			return ent.PrepareDelete(rec, ec)
-		}
-		if len(ch.fields) == 0 {
-			return nil, nil
-		}
-		return ent.PreparePut(rec, ch.fields, ec)
-	})
-	if err != nil {
-		return err
-	}
-	if res != nil && res.Edit != nil {
-		vv := crdt.VV{}.WithDot(res.Edit.Dot)
-		for _, w := range res.Edit.Writes {
-			vv = vv.Join(w.Ctx)
-		}
-		c.observe(ent.Name, ch.id, vv)
-	}
-	return nil
-}
-
-// stream consumes the replication stream until ctx ends.
-func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn) error {
-	var flushed, recorded pglogrepl.LSN
-	status := func() error {
-		if err := pglogrepl.SendStandbyStatusUpdate(ctx, rconn, pglogrepl.StandbyStatusUpdate{
-			WALWritePosition: flushed, WALFlushPosition: flushed, WALApplyPosition: flushed, ClientTime: time.Now()}); err != nil {
-			return err
-		}
-		if c.checkpoints != nil && flushed > recorded {
-			data, _ := json.Marshal(checkpoint{Slot: c.cfg.Slot, LSN: flushed.String()})
-			if err := c.checkpoints.WriteCheckpoint(ctx, c.cfg.Name, c.epoch, data); err != nil {
-				return fmt.Errorf("connector %s: checkpoint at epoch %d refused (did it move to another node?): %w", c.cfg.Name, c.epoch, err)
-			}
-			recorded = flushed
-		}
-		return nil
-	}
-	next := time.Now().Add(5 * time.Second)
-	// Committed transactions are gathered while more of the stream is
-	// already waiting, then made durable together (one group of fsyncs);
-	// the flush position advances past them only after that.
-	var pending []change
-	var pendingEnd pglogrepl.LSN
-	var oldest time.Time    // commit time of the oldest pending transaction
-	var gathering time.Time // when the oldest pending change was received
-	flush := func() error {
-		if len(pending) > 0 {
-			if err := c.apply(ctx, pending); err != nil {
-				return err
-			}
-			if c.obs != nil {
-				c.obs.Captured(c.cfg.Name, len(pending), time.Since(oldest))
-			}
-			pending = pending[:0]
-		}
-		if pendingEnd > flushed {
-			flushed = pendingEnd
-		}
-		return nil
-	}
-	var tx struct {
-		echo    bool
-		at      time.Time
-		changes []change
-		msgs    [][]byte
-	}
-	for {
-		if time.Now().After(next) {
-			if err := status(); err != nil {
-				return err
-			}
-			next = time.Now().Add(5 * time.Second)
-		}
-		deadline := next
-		if len(pending) > 0 || pendingEnd > flushed {
-			deadline = time.Now().Add(2 * time.Millisecond)
-		}
-		rctx, cancel := context.WithDeadline(ctx, deadline)
-		raw, err := rconn.ReceiveMessage(rctx)
-		cancel()
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			if pgconn.Timeout(err) {
-				// Nothing more waiting: make what was gathered durable.
-				if err := flush(); err != nil {
-					return err
-				}
-				continue
-			}
-			return fmt.Errorf("connector %s: replication stream: %w", c.cfg.Name, err)
-		}
-		if e, ok := raw.(*pgproto3.ErrorResponse); ok {
-			return fmt.Errorf("connector %s: replication stream: %s", c.cfg.Name, e.Message)
-		}
-		cd, ok := raw.(*pgproto3.CopyData)
-		if !ok || len(cd.Data) == 0 {
-			continue
-		}
-		switch cd.Data[0] {
-		case pglogrepl.PrimaryKeepaliveMessageByteID:
-			ka, err := pglogrepl.ParsePrimaryKeepaliveMessage(cd.Data[1:])
-			if err != nil {
-				return err
-			}
-			if ka.ReplyRequested {
-				next = time.Time{}
-			}
-		case pglogrepl.XLogDataByteID:
-			xld, err := pglogrepl.ParseXLogData(cd.Data[1:])
-			if err != nil {
-				return err
-			}
-			msg, err := pglogrepl.ParseV2(xld.WALData, false)
-			if err != nil {
-				return fmt.Errorf("connector %s: decode pgoutput: %w", c.cfg.Name, err)
-			}
-			switch m := msg.(type) {
-			case *pglogrepl.RelationMessageV2:
-				c.mu.Lock()
-				c.mu.relations[m.RelationID] = &m.RelationMessage
-				c.mu.Unlock()
-			case *pglogrepl.BeginMessage:
-				tx.echo, tx.at, tx.changes, tx.msgs = false, m.CommitTime, nil, nil
-			case *pglogrepl.OriginMessage:
-				if m.Name == c.cfg.originName() {
-					tx.echo = true
-				}
-			case *pglogrepl.LogicalDecodingMessageV2:
-				if m.Prefix == messagePrefix {
-					// Copy: the content aliases a buffer the connection reuses.
-					tx.msgs = append(tx.msgs, append([]byte(nil), m.Content...))
-				}
-			case *pglogrepl.InsertMessageV2:
-				if ch, ok := c.rowChange(m.RelationID, m.Tuple, false); ok {
-					tx.changes = append(tx.changes, ch)
-				}
-			case *pglogrepl.UpdateMessageV2:
-				if ch, ok := c.rowChange(m.RelationID, m.NewTuple, false); ok {
-					tx.changes = append(tx.changes, ch)
-				}
-			case *pglogrepl.DeleteMessageV2:
-				if ch, ok := c.rowChange(m.RelationID, m.OldTuple, true); ok {
-					tx.changes = append(tx.changes, ch)
-				}
-			case *pglogrepl.CommitMessage:
-				c.log.Debug("transaction decoded", "commit_lsn", m.CommitLSN.String(), "echo", tx.echo, "changes", len(tx.changes), "messages", len(tx.msgs))
-				// What lattice projected into these rows, in stream order.
-				for _, content := range tx.msgs {
-					c.observeProjection(content)
-				}
-				if tx.echo {
-					// Lattice's own writes: not captured, but they are what the
-					// rows now hold.
-					for _, ch := range tx.changes {
-						c.remember(ch)
-					}
-				} else {
-					for _, ch := range tx.changes {
-						ch.at = tx.at
-						if d, ok := c.diff(ch); ok {
-							if len(pending) == 0 {
-								oldest, gathering = tx.at, time.Now()
-							}
-							pending = append(pending, d)
-						}
-						c.remember(ch)
-					}
-				}
-				// PostgreSQL may release this WAL once the edits are durable.
-				pendingEnd = m.TransactionEndLSN
-				// Bound the wait: a busy stream never pauses for the
-				// receive timeout, so flush on size or age too.
-				if len(pending) >= 1000 || (len(pending) > 0 && time.Since(gathering) > 5*time.Millisecond) {
-					if err := flush(); err != nil {
-						return err
-					}
-				}
-			}
-		}
-	}
+// apply writes captured changes as edits and waits until they are durable.
+func (c *Connector) apply(ctx context.Context, changes []change) error {
+	return c.complete(ctx, c.enqueue(ctx, changes))
 }
 
 // remember records what a row holds after a change.

@@ -27,17 +27,28 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 		return fmt.Errorf("connector %s: projection connection: %w", c.cfg.Name, err)
 	}
 	defer conn.Close(context.Background())
+	// One writer per database and connector: a second node that believes
+	// it owns the connector (a stale owner cut off from Raft) waits here
+	// until the first one's session ends.
+	var locked bool
+	if err := conn.QueryRow(ctx, "SELECT pg_try_advisory_lock(hashtextextended($1, 0))", "lattice:"+c.cfg.Name).Scan(&locked); err != nil {
+		return fmt.Errorf("connector %s: projection lock: %w", c.cfg.Name, err)
+	}
+	if !locked {
+		return fmt.Errorf("connector %s: another session holds the projection lock (advisory lock on 'lattice:%s') on this database: another lattice node is still writing into it; retrying until its session ends", c.cfg.Name, c.cfg.Name)
+	}
 	if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_session_setup($1)", c.cfg.originName()); err != nil {
 		return fmt.Errorf("connector %s: mark projection session with replication origin %s: %w", c.cfg.Name, c.cfg.originName(), err)
 	}
 	// The subscription is open: everything committed from here on arrives
-	// through it. Everything before is projected now from the records
-	// themselves (idempotent upserts). A checkpointed projection cursor,
-	// which makes this a resume instead of a full pass, is the next step.
+	// through it. What committed before is projected now: from the op log
+	// after the checkpointed projection cursor, or (no cursor, or the log
+	// truncated past it) every record (idempotent upserts).
 	pos := c.store.Applied()
-	if err := c.projectAll(ctx, conn); err != nil {
+	if err := c.catchUp(ctx, conn, pos); err != nil {
 		return err
 	}
+	c.prog.setCursor(pos)
 	replayTick := time.NewTicker(time.Second)
 	defer replayTick.Stop()
 	for {
@@ -62,10 +73,21 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 				}
 				sub = sub2
 				for _, o := range c.store.Applied() {
-					if err := c.store.ScanOpLog(o.Node, pos.Get(o.Node), -1, func(e *crdt.Edit) bool {
+					err := c.store.ScanOpLog(o.Node, pos.Get(o.Node), -1, func(e *crdt.Edit) bool {
 						batch = append(batch, e)
 						return true
-					}); err != nil {
+					})
+					if errors.Is(err, storage.ErrTruncated) {
+						// Truncated meanwhile: every record, then carry on.
+						batch = nil
+						now := c.store.Applied()
+						if err := c.projectAll(ctx, conn); err != nil {
+							return err
+						}
+						pos = now
+						break
+					}
+					if err != nil {
 						return err
 					}
 				}
@@ -109,7 +131,57 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 			}
 			records = records[n:]
 		}
+		c.prog.setCursor(pos)
 	}
+}
+
+// catchUpLimit bounds the edits replayed from the op log at start; past it,
+// a pass over every record is cheaper.
+const catchUpLimit = 200000
+
+// catchUp projects what committed before the subscription opened (up to
+// upto): the records of the op-log entries after the checkpointed cursor,
+// or every record when there is no cursor or the log no longer reaches it.
+func (c *Connector) catchUp(ctx context.Context, conn *pgx.Conn, upto crdt.VV) error {
+	cp, ok := c.readCheckpoint()
+	cursor, hasCursor := cp.cursor()
+	if !ok || !hasCursor {
+		return c.projectAll(ctx, conn)
+	}
+	seen := map[string]bool{}
+	var records [][2]string
+	n := 0
+	for _, o := range upto {
+		err := c.store.ScanOpLog(o.Node, cursor.Get(o.Node), -1, func(e *crdt.Edit) bool {
+			if e.Dot.Seq > o.Seq {
+				return false
+			}
+			n++
+			if len(e.Writes) > 0 && c.cfg.tableFor(e.Entity) != nil {
+				if k := rowKey(e.Entity, e.ID); !seen[k] {
+					seen[k] = true
+					records = append(records, [2]string{e.Entity, e.ID})
+				}
+			}
+			return n < catchUpLimit
+		})
+		if errors.Is(err, storage.ErrTruncated) || n >= catchUpLimit {
+			c.log.Info("projection cursor too far behind the op log: projecting every record", "cursor", cursor.String())
+			return c.projectAll(ctx, conn)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	c.log.Info("projection resumed from its cursor", "cursor", cursor.String(), "edits", n, "records", len(records))
+	for len(records) > 0 {
+		k := min(len(records), 500)
+		if err := c.projectBatch(ctx, conn, records[:k]); err != nil {
+			return err
+		}
+		records = records[k:]
+	}
+	return nil
 }
 
 // projectAll projects every record of every mapped entity.
@@ -349,7 +421,7 @@ func (c *Connector) build(entity, id string) (*projection, error) {
 		}
 		q = fmt.Sprintf("DELETE FROM %s WHERE %s", table, strings.Join(where, " AND "))
 	} else {
-		var cols, vals, sets []string
+		var cols, vals, sets, olds, news []string
 		for i, k := range t.Key {
 			cols = append(cols, pgx.Identifier{k}.Sanitize())
 			vals = append(vals, param(keys[i], k))
@@ -367,13 +439,22 @@ func (c *Connector) build(entity, id string) (*projection, error) {
 			cols = append(cols, pgx.Identifier{col}.Sanitize())
 			vals = append(vals, param(v, col))
 			sets = append(sets, fmt.Sprintf("%s = EXCLUDED.%s", pgx.Identifier{col}.Sanitize(), pgx.Identifier{col}.Sanitize()))
+			olds = append(olds, "t."+pgx.Identifier{col}.Sanitize())
+			news = append(news, "EXCLUDED."+pgx.Identifier{col}.Sanitize())
 		}
 		keyCols := make([]string, len(t.Key))
 		for i, k := range t.Key {
 			keyCols[i] = pgx.Identifier{k}.Sanitize()
 		}
-		q = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s",
-			table, strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keyCols, ", "), strings.Join(sets, ", "))
+		// A row that already holds these values is left alone (no new row
+		// version, no UPDATE triggers): re-projecting is harmless.
+		q = fmt.Sprintf("INSERT INTO %s AS t (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s WHERE (%s) IS DISTINCT FROM (%s)",
+			table, strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keyCols, ", "), strings.Join(sets, ", "),
+			strings.Join(olds, ", "), strings.Join(news, ", "))
+		if len(sets) == 0 {
+			q = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO NOTHING",
+				table, strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keyCols, ", "))
+		}
 	}
 	return &projection{entity: entity, id: id, msg: msg, q: q, args: args, rec: rec}, nil
 }
@@ -471,7 +552,7 @@ func (c *Connector) recapture(ctx context.Context, entity, id string) error {
 	if err != nil {
 		return fmt.Errorf("%w: %v", crdt.ErrInvalid, err)
 	}
-	ch.at = time.Now()
+	ch.at, ch.seen = time.Now(), c.seenOf(ch.table.Entity, ch.id)
 	return c.apply(ctx, []change{ch})
 }
 

@@ -1,0 +1,119 @@
+package storage_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+
+	"github.com/lattice-sync/lattice/crdt"
+	"github.com/lattice-sync/lattice/storage"
+)
+
+// TestEnqueueOrder: edits queued in one call are staged in order, each
+// PrepareFunc seeing the record as the earlier ones left it, and share
+// batches; Wait reports each outcome in queue order.
+func TestEnqueueOrder(t *testing.T) {
+	ent := testEntity()
+	obs := &batchObserver{}
+	s := openStore(t, t.TempDir(), "n1", nil, func(c *storage.Config) { c.Metrics = obs })
+	const n = 300
+	var ws []storage.LocalWrite
+	seenBefore := make([]string, n) // name each prepare saw on record r0
+	for i := range n {
+		id := fmt.Sprintf("r%d", i%3)
+		i := i
+		ws = append(ws, storage.LocalWrite{Entity: ent.Name, ID: id, Origin: "src", Prepare: func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
+			if id == "r0" {
+				if fields, _ := ent.View(rec); len(fields) > 0 {
+					for _, f := range fields {
+						if f.Name == "name" {
+							seenBefore[i] = f.Value.Str()
+						}
+					}
+				}
+			}
+			return ent.PreparePut(rec, map[string]crdt.Value{"name": crdt.String(fmt.Sprintf("v%d", i))}, crdt.EditContext{Applied: env.Applied})
+		}})
+	}
+	res, errs := s.Enqueue(context.Background(), ws).Wait()
+	for i := range n {
+		if errs[i] != nil {
+			t.Fatalf("write %d: %v", i, errs[i])
+		}
+		if got, want := res[i].Edit.Dot.Seq, uint64(i+1); got != want {
+			t.Fatalf("write %d got seq %d, want %d (queue order)", i, got, want)
+		}
+	}
+	// Each write of r0 (every third) saw the one three before it.
+	for i := 3; i < n; i += 3 {
+		if want := fmt.Sprintf("v%d", i-3); seenBefore[i] != want {
+			t.Fatalf("write %d of r0 saw name %q, want %q", i, seenBefore[i], want)
+		}
+	}
+	rec, err := s.Get(ent.Name, "r0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	fields, _ := ent.View(rec)
+	for _, f := range fields {
+		if f.Name == "name" && f.Value.Str() != fmt.Sprintf("v%d", n-3) {
+			t.Fatalf("r0 name = %v, want v%d", f.Value, n-3)
+		}
+	}
+	biggest := 0
+	for _, k := range obs.sizes() {
+		biggest = max(biggest, k)
+	}
+	if biggest < 2 {
+		t.Fatalf("no batch held more than one queued edit: %v", obs.sizes())
+	}
+}
+
+// TestEnqueueBadInput: an invalid id or a refused PrepareFunc fails only
+// its own edit; the others land.
+func TestEnqueueBadInput(t *testing.T) {
+	ent := testEntity()
+	s := openStore(t, t.TempDir(), "n1", nil)
+	refuse := errors.New("refused by prepare")
+	ws := []storage.LocalWrite{
+		{Entity: ent.Name, ID: "ok1", Origin: "src", Prepare: putFn(ent, map[string]crdt.Value{"name": crdt.String("a")})},
+		{Entity: ent.Name, ID: "", Origin: "src", Prepare: putFn(ent, map[string]crdt.Value{"name": crdt.String("b")})},
+		{Entity: ent.Name, ID: "bad", Origin: "src", Prepare: func(*crdt.Record, storage.Env) ([]crdt.Write, error) { return nil, refuse }},
+		{Entity: ent.Name, ID: "ok2", Origin: "src", Prepare: putFn(ent, map[string]crdt.Value{"name": crdt.String("c")})},
+	}
+	_, errs := s.Enqueue(context.Background(), ws).Wait()
+	if errs[0] != nil || errs[3] != nil {
+		t.Fatalf("valid writes failed: %v %v", errs[0], errs[3])
+	}
+	if errs[1] == nil || !errors.Is(errs[2], refuse) {
+		t.Fatalf("bad writes: %v, %v", errs[1], errs[2])
+	}
+	if _, err := s.Get(ent.Name, "bad"); !errors.Is(err, storage.ErrNotFound) {
+		t.Fatalf("refused record exists: %v", err)
+	}
+	if got := s.Applied().Get("n1"); got != 2 {
+		t.Fatalf("applied n1 = %d, want 2", got)
+	}
+}
+
+// TestEnqueueCanceled: a context that ended before queueing fails every
+// edit and applies none.
+func TestEnqueueCanceled(t *testing.T) {
+	ent := testEntity()
+	s := openStore(t, t.TempDir(), "n1", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	ws := []storage.LocalWrite{{Entity: ent.Name, ID: "a", Origin: "src", Prepare: putFn(ent, map[string]crdt.Value{"name": crdt.String("a")})}}
+	// The request channel may have room, so a canceled context is only
+	// guaranteed to stop an edit that would have to wait; either way the
+	// outcome must be consistent with the store.
+	_, errs := s.Enqueue(ctx, ws).Wait()
+	_, err := s.Get(ent.Name, "a")
+	switch {
+	case errs[0] == nil && err != nil:
+		t.Fatalf("edit reported applied but record missing: %v", err)
+	case errs[0] != nil && !errors.Is(err, storage.ErrNotFound):
+		t.Fatalf("edit reported failed (%v) but record exists", errs[0])
+	}
+}
