@@ -65,8 +65,8 @@ type Connector struct {
 	// checkpoint: what the server is told lattice has flushed.
 	confirmed atomic.Uint64
 	prog      progress
-	dlq         connectors.DeadLetters
-	obs         connectors.Observer
+	dlq       connectors.DeadLetters
+	obs       connectors.Observer
 }
 
 // WithObserver reports capture and projection lag.
@@ -348,8 +348,8 @@ func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (c
 type group struct {
 	changes []change
 	pending *storage.Pending
-	queued  []int   // index into changes of each queued write
-	bad     []error // per change: refused before it could be queued
+	queued  []int     // index into changes of each queued write
+	bad     []error   // per change: refused before it could be queued
 	pos     position  // stream position after the group's last change
 	oldest  time.Time // commit time of the oldest transaction in the group
 }
