@@ -39,6 +39,12 @@ type env struct {
 
 func setup(t *testing.T) *env {
 	t.Helper()
+	return setupWith(t)
+}
+
+// setupWith is setup with options for the crm instance.
+func setupWith(t *testing.T, crmOpts ...pgtest.Option) *env {
+	t.Helper()
 	var e env
 	var wg sync.WaitGroup
 	wg.Add(2)
@@ -47,7 +53,7 @@ func setup(t *testing.T) *env {
 	go func() {
 		defer wg.Done()
 		defer func() { crmErr = recover() }()
-		e.crm = pgtest.Start(t)
+		e.crm = pgtest.Start(t, crmOpts...)
 	}()
 	go func() {
 		defer wg.Done()
