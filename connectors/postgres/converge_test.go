@@ -64,8 +64,12 @@ func TestConvergenceUnderPgbench(t *testing.T) {
 `, crm.DSN("crm"), billing.DSN("billing"))
 	c := clustertest.Start(t, latticeBin, 3, clustertest.Options{Config: cfg})
 
-	crmSum := func() (string, int) { return tableSum(t, crm, "crm", "customers", "customer_id", "full_name", "email_address", "phone") }
-	billSum := func() (string, int) { return tableSum(t, billing, "billing", "clients", "client_ref", "name", "email", "tel") }
+	crmSum := func() (string, int) {
+		return tableSum(t, crm, "crm", "customers", "customer_id", "full_name", "email_address", "phone")
+	}
+	billSum := func() (string, int) {
+		return tableSum(t, billing, "billing", "clients", "client_ref", "name", "email", "tel")
+	}
 	eventually(t, "initial snapshot reaches billing", func() (bool, string) {
 		a, n := crmSum()
 		b, m := billSum()
