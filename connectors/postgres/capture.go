@@ -574,6 +574,8 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 		at      time.Time
 		commit  pglogrepl.LSN
 		changes int
+		// projected lists the rows whose projection messages it carries.
+		projected [][2]string
 	}
 	pos.LSN = from.LSN
 	for {
@@ -642,7 +644,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 				c.mu.relations[m.RelationID] = &m.RelationMessage
 				c.mu.Unlock()
 			case *pglogrepl.BeginMessage:
-				tx.echo, tx.at, tx.commit, tx.changes = false, m.CommitTime, m.FinalLSN, 0
+				tx.echo, tx.at, tx.commit, tx.changes, tx.projected = false, m.CommitTime, m.FinalLSN, 0, nil
 				tx.skip = from.Commit != 0 && m.FinalLSN == from.Commit
 			case *pglogrepl.OriginMessage:
 				if m.Name == c.cfg.originName() {
@@ -651,7 +653,9 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			case *pglogrepl.LogicalDecodingMessageV2:
 				if m.Prefix == messagePrefix {
 					// What lattice projected into a row, at its place in the stream.
-					c.observeProjection(m.Content)
+					if entity, id, ok := c.observeProjection(m.Content); ok {
+						tx.projected = append(tx.projected, [2]string{entity, id})
+					}
 				}
 			case *pglogrepl.InsertMessageV2:
 				rel, row = m.RelationID, m.Tuple
@@ -661,6 +665,10 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 				rel, row, deleted = m.RelationID, m.OldTuple, true
 			case *pglogrepl.CommitMessage:
 				c.log.Debug("transaction decoded", "commit_lsn", m.CommitLSN.String(), "echo", tx.echo, "changes", tx.changes)
+				// The rows now show what those projections wrote.
+				for _, r := range tx.projected {
+					c.unechoed(r[0], r[1], -1)
+				}
 				pos = position{LSN: m.TransactionEndLSN}
 				// Queue at once while the store has little in flight (lowest
 				// latency); while it is busy, gather (many changes share one

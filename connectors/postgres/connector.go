@@ -49,6 +49,10 @@ type Connector struct {
 		rows map[string]map[string]crdt.Value
 		// deleted marks rows whose last change in the stream was a delete.
 		deleted map[string]bool
+		// unechoed counts, per row, projections sent whose transaction the
+		// stream has not shown yet: until it has, rows lags the database
+		// and cannot tell what the row holds.
+		unechoed map[string]int
 	}
 	// ready is closed once capture has its slot and initial snapshot, so
 	// projection never writes rows the snapshot would read back as native.
@@ -119,6 +123,7 @@ func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log 
 	c.mu.relations = map[uint32]*pglogrepl.RelationMessage{}
 	c.mu.rows = map[string]map[string]crdt.Value{}
 	c.mu.deleted = map[string]bool{}
+	c.mu.unechoed = map[string]int{}
 	c.ready = make(chan struct{})
 	return c
 }
@@ -541,6 +546,11 @@ func (c *Connector) holds(entity, id string, values map[string]crdt.Value, delet
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := rowKey(entity, id)
+	if c.mu.unechoed[k] != 0 {
+		// A projection of the row is on its way through the stream: what
+		// the stream showed is older than what the row holds.
+		return false
+	}
 	if deleted {
 		return c.mu.deleted[k]
 	}
@@ -554,6 +564,17 @@ func (c *Connector) holds(entity, id string, values map[string]crdt.Value, delet
 		}
 	}
 	return true
+}
+
+// unechoed records that n projections of a row were sent (n > 0) or that
+// the stream showed them, or they were rolled back (n < 0).
+func (c *Connector) unechoed(entity, id string, n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := rowKey(entity, id)
+	if c.mu.unechoed[k] += n; c.mu.unechoed[k] == 0 {
+		delete(c.mu.unechoed, k)
+	}
 }
 
 // rowChange decodes a tuple of a mapped table.
@@ -595,24 +616,26 @@ func (c *Connector) rowChange(rel uint32, tuple *pglogrepl.TupleData, deleted bo
 	return ch, true
 }
 
-// observeProjection reads a projection's message: entity, id and the
-// record context it wrote.
-func (c *Connector) observeProjection(content []byte) {
+// observeProjection reads a projection's message (entity, id and the
+// record context it wrote) and records that the row has seen that context.
+// It returns the row's key.
+func (c *Connector) observeProjection(content []byte) (string, string, bool) {
 	parts := strings.SplitN(string(content), "\x00", 3)
 	if len(parts) != 3 {
 		c.log.Warn("malformed projection message in the stream", "bytes", len(content))
-		return
+		return "", "", false
 	}
 	b, err := base64.RawURLEncoding.DecodeString(parts[2])
 	if err != nil {
 		c.log.Warn("malformed projection message in the stream", "err", err)
-		return
+		return "", "", false
 	}
 	vv, err := crdt.DecodeToken(b)
 	if err != nil {
 		c.log.Warn("malformed projection message in the stream", "err", err)
-		return
+		return "", "", false
 	}
 	c.log.Debug("projection seen in stream", "entity", parts[0], "id", parts[1], "context", vv.String())
 	c.observe(parts[0], parts[1], vv)
+	return parts[0], parts[1], true
 }

@@ -142,7 +142,9 @@ UPDATE clients SET email = 'bill-' || :client_id || '-' || random() || '@example
 		}
 		why = fmt.Sprintf("crm %d rows %s, billing %d rows %s, cluster %d records %s", n, a, m, b, k, l)
 		if time.Now().After(deadline) {
-			t.Fatalf("no convergence 60 s after the load stopped: %s", why)
+			t.Errorf("no convergence 60 s after the load stopped: %s", why)
+			diffRows(t, crm, billing, c.Nodes[0])
+			t.FailNow()
 		}
 		time.Sleep(250 * time.Millisecond)
 	}
@@ -281,4 +283,27 @@ func metric(t *testing.T, nd *clustertest.Node, name string) float64 {
 	}
 	t.Fatalf("%s has no metric %s", nd.ID, name)
 	return 0
+}
+
+// diffRows logs the rows where crm, billing and the cluster disagree.
+func diffRows(t *testing.T, crm, billing *pgtest.Server, nd *clustertest.Node) {
+	t.Helper()
+	a := map[string]string{}
+	for _, r := range query(t, crm, "crm", `SELECT customer_id, coalesce(full_name, '\N'), coalesce(email_address, '\N'), coalesce(phone, '\N') FROM customers`) {
+		f := strings.SplitN(r, " ", 2)
+		a[f[0]] = f[1]
+	}
+	b := map[string]string{}
+	for _, r := range query(t, billing, "billing", `SELECT client_ref, coalesce(name, '\N'), coalesce(email, '\N'), coalesce(tel, '\N') FROM clients`) {
+		f := strings.SplitN(r, " ", 2)
+		b[f[0]] = f[1]
+	}
+	for id, v := range a {
+		if b[id] != v {
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			rec, err := nd.Records().Get(ctx, &pb.GetRequest{Entity: "contact", Id: id})
+			cancel()
+			t.Logf("row %s: crm %q, billing %q, cluster %v (%v)", id, v, b[id], rec, err)
+		}
+	}
 }

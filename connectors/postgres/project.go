@@ -227,6 +227,13 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 	}
 	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
+	c.unechoed(p.entity, p.id, 1)
+	committed := false
+	defer func() {
+		if !committed {
+			c.unechoed(p.entity, p.id, -1)
+		}
+	}()
 	tx, err := conn.Begin(tctx)
 	if err != nil {
 		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
@@ -238,6 +245,7 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 	if err := tx.Commit(tctx); err != nil {
 		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
 	}
+	committed = true
 	c.projected(p)
 	return nil
 }
@@ -264,13 +272,22 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 	// Fast path: the whole batch in one transaction sent as one pipeline
 	// (one round trip). If the database refuses any statement, the
 	// transaction is rolled back and the batch goes through the slow path.
+	// Each row counts as unechoed from before the send (its echo may be
+	// decoded before the commit returns here) until the stream shows it.
+	for _, p := range ps {
+		c.unechoed(p.entity, p.id, 1)
+	}
 	if ok, err := c.pipeline(tctx, conn, ps); err != nil {
-		return err
+		return err // the connector restarts with fresh state
 	} else if ok {
 		for _, p := range ps {
 			c.projected(p)
 		}
 		return nil
+	}
+	// Rolled back: no echo will come. The slow path counts each row again.
+	for _, p := range ps {
+		c.unechoed(p.entity, p.id, -1)
 	}
 	tx, err := conn.Begin(tctx)
 	if err != nil {
@@ -282,6 +299,7 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 		if _, err := tx.Exec(tctx, "SAVEPOINT lattice_record"); err != nil {
 			return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
 		}
+		c.unechoed(p.entity, p.id, 1)
 		err := c.execProjection(tctx, tx, p)
 		var refused *refusedError
 		switch {
@@ -289,6 +307,7 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 			if _, err := tx.Exec(tctx, "ROLLBACK TO SAVEPOINT lattice_record"); err != nil {
 				return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
 			}
+			c.unechoed(p.entity, p.id, -1) // its message was rolled back too
 			if err := c.deadLetter(ctx, connectors.DirectionProject, p.entity, p.id, refused.err); err != nil {
 				return err
 			}
