@@ -206,7 +206,7 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("connector %s: table %s: %w", c.cfg.Name, t.Name, err)
 		}
-		for _, col := range append(append([]string{}, t.Key...), mapKeys(t.Columns)...) {
+		for _, col := range t.columns() {
 			if _, ok := types[col]; !ok {
 				return fmt.Errorf("connector %s: table %s has no column %q (check the connector's tables mapping)", c.cfg.Name, t.Name, col)
 			}
@@ -275,6 +275,7 @@ type change struct {
 	id      string
 	fields  map[string]crdt.Value
 	deleted bool
+	refused error // the row could not be mapped (transform.go): to the dead-letter queue
 }
 
 // capture reads the snapshot (first run) and then the change stream.
@@ -339,7 +340,7 @@ func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) e
 	total := 0
 	for i := range c.cfg.Tables {
 		t := &c.cfg.Tables[i]
-		cols := append(append([]string{}, t.Key...), mapKeys(t.Columns)...)
+		cols := t.columns()
 		q := fmt.Sprintf("SELECT %s FROM %s", castText(cols), pgx.Identifier(strings.Split(t.Name, ".")).Sanitize())
 		rows, err := tx.Query(ctx, q)
 		if err != nil {
@@ -401,7 +402,7 @@ func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (c
 	for i, k := range t.Key {
 		v, ok := text[k]
 		if !ok || v == nil {
-			return change{}, fmt.Errorf("key column %q is null or missing", k)
+			return refuse(change{table: t}, fmt.Errorf("table %s: key column %q is null or missing", t.Name, k)), nil
 		}
 		keys[i] = *v
 	}
@@ -409,23 +410,7 @@ func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (c
 	if deleted {
 		return ch, nil
 	}
-	for col, field := range t.Columns {
-		v, ok := text[col]
-		if !ok {
-			continue // unchanged TOAST value: not part of this change
-		}
-		spec, _ := ent.Field(field)
-		if v == nil {
-			ch.fields[field] = crdt.Null
-			continue
-		}
-		val, err := fromText(spec.Type, *v)
-		if err != nil {
-			return change{}, fmt.Errorf("column %q: %w", col, err)
-		}
-		ch.fields[field] = val
-	}
-	return ch, nil
+	return c.mapRow(ent, t, text, ch), nil // conversions, filter, computed fields: transform.go
 }
 
 // apply writes captured changes as edits, each with the context of what the
@@ -475,6 +460,12 @@ func (c *Connector) applyOne(ctx context.Context, ch change) error {
 	ent, ok := c.schema.Schema().Entity(ch.table.Entity)
 	if !ok {
 		return fmt.Errorf("%w: entity %q is no longer configured", crdt.ErrInvalid, ch.table.Entity)
+	}
+	if ch.refused != nil {
+		return ch.refused // to the dead-letter queue (apply)
+	}
+	if !ch.deleted && len(ch.fields) == 0 {
+		return nil // nothing to write (for example a row the table's filter excludes)
 	}
 	tok := c.seenOf(ch.table.Entity, ch.id)
 	res, err := c.store.WriteAt(ctx, ent.Name, ch.id, c.origin, ch.at, func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
@@ -693,7 +684,7 @@ func (c *Connector) remember(ch change) {
 // an edit of one field, not of the whole row. A row never seen (or seen
 // deleted) keeps every field. ok is false when nothing changed.
 func (c *Connector) diff(ch change) (change, bool) {
-	if ch.deleted {
+	if ch.deleted || ch.refused != nil {
 		return ch, true
 	}
 	c.mu.Lock()
