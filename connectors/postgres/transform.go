@@ -44,8 +44,12 @@ import (
 //     in an evaluation error for the row, never in a hung capture.
 
 // costLimit bounds one evaluation of one expression, in CEL cost units
-// (about one per simple operation; string operations cost by length).
-const costLimit = 1_000_000
+// (about one per simple operation; string operations cost about one per
+// ten bytes). A cost, not a time: the outcome for a row is the same on
+// every node and every replay, whatever the load. A filter or computed
+// field costs tens; the limit leaves room for a few scans of a text of a
+// hundred kilobytes, and stops a runaway comprehension within about 0.1 s.
+const costLimit = 100_000
 
 // maxExprSize bounds an expression's length in code points.
 const maxExprSize = 10_000
@@ -147,7 +151,7 @@ func (c *Connector) mapRow(ent *crdt.Entity, t *Table, text map[string]*string, 
 	if tf.filter != nil {
 		ok, err := tf.filter.test(vars)
 		if err != nil {
-			return refuse(ch, fmt.Errorf("table %s filter %q: %v%s", t.Name, tf.filter.src, err, nullHint(tf.filter, row)))
+			return refuse(ch, fmt.Errorf("table %s filter %s: %v%s", t.Name, quote(tf.filter.src), err, nullHint(tf.filter, row)))
 		}
 		if !ok {
 			c.log.Debug("row not captured: the table's filter is false", "table", t.Name, "id", ch.id)
@@ -162,7 +166,7 @@ func (c *Connector) mapRow(ent *crdt.Entity, t *Table, text map[string]*string, 
 		}
 		v, err := cf.e.value(vars, spec.Type)
 		if err != nil {
-			return refuse(ch, fmt.Errorf("table %s computed field %q (%s): %v%s", t.Name, cf.field, cf.e.src, err, nullHint(cf.e, row)))
+			return refuse(ch, fmt.Errorf("table %s computed field %q = %s: %v%s", t.Name, cf.field, quote(cf.e.src), err, nullHint(cf.e, row)))
 		}
 		ch.fields[cf.field] = v
 	}
@@ -241,7 +245,7 @@ func (t *Table) projects(values map[string]crdt.Value, deleted bool) (bool, erro
 	f := t.tf.projectFilter
 	ok, err := f.test(activation{prefix: "record.", values: values})
 	if err != nil {
-		return false, &refusedError{err: fmt.Errorf("%w: table %s project_filter %q: %v%s", crdt.ErrInvalid, t.Name, f.src, err, nullHint(f, values))}
+		return false, &refusedError{err: fmt.Errorf("%w: table %s project_filter %s: %v%s", crdt.ErrInvalid, t.Name, quote(f.src), err, nullHint(f, values))}
 	}
 	return ok, nil
 }
