@@ -53,8 +53,9 @@ type Table struct {
 	// gives its value on capture. Computed fields are never projected.
 	Computed map[string]string
 
-	// tf is what ParseConfig built from the above (transform.go); nil for a
-	// table with only default conversions and no expressions.
+	// tf is what ParseConfig built from the above (transform.go): column
+	// conversions and compiled expressions. Nil in a Table built by hand,
+	// which then has default conversions and no expressions.
 	tf *transform
 }
 
@@ -244,8 +245,9 @@ func scalarTexts(key string, raws []json.RawMessage) ([]string, error) {
 	return out, nil
 }
 
-// conversion builds and checks a column's conversion. field is the entry's
-// field ("" for a column read only by expressions).
+// conversion builds and checks a column's conversion against the entity:
+// a mapped column converts to its field's type, a column without a field
+// (read only by expressions) to its declared type, text by default.
 func (rc *rawColumn) conversion(ent *crdt.Entity) (*conversion, error) {
 	cv := &conversion{typ: crdt.TypeString}
 	var declared crdt.Type
