@@ -391,7 +391,7 @@ func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) e
 	total := 0
 	for i := range c.cfg.Tables {
 		t := &c.cfg.Tables[i]
-		cols := append(append([]string{}, t.Key...), mapKeys(t.Columns)...)
+		cols := t.columns()
 		q := fmt.Sprintf("SELECT %s FROM %s", castText(cols), pgx.Identifier(strings.Split(t.Name, ".")).Sanitize())
 		rows, err := tx.Query(ctx, q)
 		if err != nil {

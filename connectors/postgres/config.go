@@ -43,17 +43,36 @@ type Table struct {
 	Entity string
 	// Key lists the key columns; a record's id is their values joined by "/".
 	Key []string
-	// Columns maps column name to field name.
+	// Columns maps column name to field name: the columns captured into
+	// fields and written back by projection.
 	Columns map[string]string
+	// Filter is a CEL condition over the row's columns (row.<column>):
+	// changes of rows for which it is false are not captured. Empty: all.
+	Filter string
+	// ProjectFilter is a CEL condition over the record's fields
+	// (record.<field>): records for which it is false are not written into
+	// the table. Empty: all.
+	ProjectFilter string
+	// Computed maps a field to a CEL expression over the row's columns that
+	// gives its value on capture. Computed fields are never projected.
+	Computed map[string]string
+
+	// tf is what ParseConfig built from the above (transform.go): column
+	// conversions and compiled expressions. Nil in a Table built by hand,
+	// which then has default conversions and no expressions.
+	tf *transform
 }
 
 // originName is the replication origin lattice's own writes carry.
 func (c *Config) originName() string { return "lattice_" + c.Name }
 
 type rawTable struct {
-	Entity  string            `json:"entity"`
-	Key     []string          `json:"key"`
-	Columns map[string]string `json:"columns"`
+	Entity        string                     `json:"entity"`
+	Key           []string                   `json:"key"`
+	Columns       map[string]json.RawMessage `json:"columns"` // a field name, or a rawColumn
+	Filter        string                     `json:"filter"`
+	ProjectFilter string                     `json:"project_filter"`
+	Computed      map[string]string          `json:"computed"`
 }
 
 type rawConfig struct {
@@ -139,15 +158,15 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 		if len(rt.Key) == 0 {
 			errs = append(errs, fmt.Errorf("connector %q table %q: key columns are required", name, t))
 		}
-		for col, field := range rt.Columns {
-			if _, ok := ent.Field(field); !ok {
-				errs = append(errs, fmt.Errorf("connector %q table %q column %q: entity %q has no field %q", name, t, col, rt.Entity, field))
-			}
-		}
-		if len(rt.Columns) == 0 {
+		table, terrs := parseTable(name, t, rt, ent)
+		errs = append(errs, terrs...)
+		switch {
+		case len(rt.Columns) == 0:
 			errs = append(errs, fmt.Errorf("connector %q table %q: no columns mapped", name, t))
+		case len(terrs) == 0 && len(table.Columns) == 0:
+			errs = append(errs, fmt.Errorf("connector %q table %q: no column is mapped to a field: give at least one column a field", name, t))
 		}
-		c.Tables = append(c.Tables, Table{Name: t, Entity: rt.Entity, Key: rt.Key, Columns: rt.Columns})
+		c.Tables = append(c.Tables, table)
 	}
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
@@ -171,4 +190,211 @@ func (t *Table) relName() string {
 		return t.Name
 	}
 	return "public." + t.Name
+}
+
+// rawColumn is the long form of a column entry.
+type rawColumn struct {
+	Field       string            `json:"field"`
+	Type        string            `json:"type"`
+	Format      string            `json:"format"`
+	Timezone    string            `json:"timezone"`
+	TrueValues  []json.RawMessage `json:"true_values"`
+	FalseValues []json.RawMessage `json:"false_values"`
+}
+
+const columnKeys = "field, type, format, timezone, true_values, false_values"
+
+// parseColumnEntry reads a column entry: a field name, or a rawColumn.
+func parseColumnEntry(raw json.RawMessage) (rawColumn, error) {
+	var rc rawColumn
+	s := strings.TrimSpace(string(raw))
+	switch {
+	case s == "" || s == "null":
+		return rc, fmt.Errorf("empty entry: give a field name, or a mapping {field: ..., type: ..., format: ...}")
+	case s[0] == '"':
+		if err := json.Unmarshal(raw, &rc.Field); err != nil {
+			return rc, err
+		}
+		if rc.Field == "" {
+			return rc, fmt.Errorf("empty field name")
+		}
+		return rc, nil
+	case s[0] != '{':
+		return rc, fmt.Errorf("got %s: give a field name, or a mapping {field: ..., type: ..., format: ...}", s)
+	}
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&rc); err != nil {
+		if k, ok := strings.CutPrefix(err.Error(), "json: unknown field "); ok {
+			return rc, fmt.Errorf("unknown key %s (want %s)", k, columnKeys)
+		}
+		var te *json.UnmarshalTypeError
+		if errors.As(err, &te) {
+			return rc, fmt.Errorf("%s: got a %s, want a %s", te.Field, te.Value, te.Type)
+		}
+		return rc, err
+	}
+	return rc, nil
+}
+
+// scalarTexts reads true_values or false_values: strings, numbers or booleans.
+func scalarTexts(key string, raws []json.RawMessage) ([]string, error) {
+	out := make([]string, 0, len(raws))
+	for _, r := range raws {
+		var v any
+		if err := json.Unmarshal(r, &v); err != nil {
+			return nil, err
+		}
+		switch x := v.(type) {
+		case string:
+			out = append(out, x)
+		case float64, bool:
+			out = append(out, strings.TrimSpace(string(r)))
+		default:
+			return nil, fmt.Errorf("%s: %s is not a text, number or boolean", key, string(r))
+		}
+	}
+	return out, nil
+}
+
+// conversion builds and checks a column's conversion against the entity:
+// a mapped column converts to its field's type, a column without a field
+// (read only by expressions) to its declared type, text by default.
+func (rc *rawColumn) conversion(ent *crdt.Entity) (*conversion, error) {
+	cv := &conversion{typ: crdt.TypeString}
+	var declared crdt.Type
+	if rc.Type != "" {
+		t, ok := crdt.ParseType(rc.Type)
+		if !ok {
+			return nil, fmt.Errorf("unknown type %q (want string, int, float, bool, timestamp, decimal, json or bytes)", rc.Type)
+		}
+		declared, cv.typ = t, t
+	}
+	if rc.Field != "" {
+		f, ok := ent.Field(rc.Field)
+		if !ok {
+			return nil, fmt.Errorf("entity %q has no field %q", ent.Name, rc.Field)
+		}
+		if declared != crdt.TypeInvalid && declared != f.Type {
+			return nil, fmt.Errorf("type %s does not match field %q of entity %q, which is %s: drop type (a mapped column converts to its field's type) or change the field's type in the entity", declared, rc.Field, ent.Name, f.Type)
+		}
+		cv.typ = f.Type
+	}
+	what := "this column's values are " + cv.typ.String()
+	if rc.Field != "" {
+		what = fmt.Sprintf("field %q is %s", rc.Field, cv.typ)
+	}
+	if rc.Format != "" {
+		if cv.typ != crdt.TypeTimestamp {
+			return nil, fmt.Errorf("format applies to timestamps, but %s: remove format", what)
+		}
+		unit, layout, err := timestampFormat(rc.Format)
+		if err != nil {
+			return nil, err
+		}
+		cv.unit, cv.layout = unit, layout
+	}
+	if rc.Timezone != "" {
+		switch {
+		case cv.typ != crdt.TypeTimestamp:
+			return nil, fmt.Errorf("timezone applies to timestamps, but %s: remove timezone", what)
+		case cv.unit != 0:
+			return nil, fmt.Errorf("timezone has no effect on format %q (a number since the epoch is in UTC): remove timezone", rc.Format)
+		}
+		loc, err := time.LoadLocation(rc.Timezone)
+		if err != nil {
+			return nil, fmt.Errorf("timezone %q: %v (use an IANA name such as Europe/Paris, or UTC)", rc.Timezone, err)
+		}
+		cv.loc = loc
+	}
+	if len(rc.TrueValues) > 0 || len(rc.FalseValues) > 0 {
+		if cv.typ != crdt.TypeBool {
+			return nil, fmt.Errorf("true_values and false_values apply to booleans, but %s: remove them", what)
+		}
+		if len(rc.TrueValues) == 0 || len(rc.FalseValues) == 0 {
+			return nil, fmt.Errorf("give both true_values and false_values (for example true_values: [Y], false_values: [N]): any other text is refused")
+		}
+		var err error
+		if cv.trues, err = scalarTexts("true_values", rc.TrueValues); err != nil {
+			return nil, err
+		}
+		if cv.falses, err = scalarTexts("false_values", rc.FalseValues); err != nil {
+			return nil, err
+		}
+		seen := map[string]bool{}
+		for _, v := range append(append([]string{}, cv.trues...), cv.falses...) {
+			if v != strings.TrimSpace(v) {
+				return nil, fmt.Errorf("value %q has surrounding spaces: values are compared after trimming spaces, so write it without them", v)
+			}
+			if seen[v] {
+				return nil, fmt.Errorf("value %q is listed twice in true_values and false_values", v)
+			}
+			seen[v] = true
+		}
+	}
+	return cv, nil
+}
+
+// parseTable reads one table's mapping: columns with their conversions,
+// then the expressions (transform.go).
+func parseTable(connector, name string, rt rawTable, ent *crdt.Entity) (Table, []error) {
+	t := Table{Name: name, Entity: rt.Entity, Key: rt.Key, Columns: map[string]string{},
+		Filter: rt.Filter, ProjectFilter: rt.ProjectFilter, Computed: rt.Computed}
+	tf := &transform{conv: map[string]*conversion{}}
+	t.tf = tf
+	var errs []error
+	cols := make([]string, 0, len(rt.Columns))
+	for col := range rt.Columns {
+		cols = append(cols, col)
+	}
+	sort.Strings(cols)
+	byField := map[string]string{}
+	for _, col := range cols {
+		at := fmt.Sprintf("connector %q table %q column %q", connector, name, col)
+		rc, err := parseColumnEntry(rt.Columns[col])
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %v", at, err))
+			continue
+		}
+		cv, err := rc.conversion(ent)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %v", at, err))
+			continue
+		}
+		tf.conv[col] = cv
+		if rc.Field == "" {
+			if !contains(t.Key, col) {
+				tf.reads = append(tf.reads, col)
+			}
+			continue
+		}
+		if other, dup := byField[rc.Field]; dup {
+			errs = append(errs, fmt.Errorf("%s: field %q is already mapped from column %q: map each field from one column", at, rc.Field, other))
+			continue
+		}
+		byField[rc.Field] = col
+		t.Columns[col] = rc.Field
+		tf.mapped = append(tf.mapped, col)
+	}
+	if len(errs) == 0 {
+		errs = append(errs, compileTable(connector, &t, ent)...)
+	}
+	return t, errs
+}
+
+// columns lists every column capture reads: the key columns, then the
+// mapped columns and those read only by expressions, in name order.
+func (t *Table) columns() []string {
+	out := append([]string{}, t.Key...)
+	rest := mapKeys(t.Columns)
+	if t.tf != nil {
+		rest = append(rest, t.tf.reads...)
+	}
+	sort.Strings(rest)
+	for _, col := range rest {
+		if !contains(out, col) {
+			out = append(out, col)
+		}
+	}
+	return out
 }

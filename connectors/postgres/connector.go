@@ -226,7 +226,7 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 		if err := rows.Err(); err != nil {
 			return fmt.Errorf("connector %s: table %s: %w", c.cfg.Name, t.Name, err)
 		}
-		for _, col := range append(append([]string{}, t.Key...), mapKeys(t.Columns)...) {
+		for _, col := range t.columns() {
 			if _, ok := types[col]; !ok {
 				return fmt.Errorf("connector %s: table %s has no column %q (check the connector's tables mapping)", c.cfg.Name, t.Name, col)
 			}
@@ -301,6 +301,7 @@ type change struct {
 	// snapshot marks a row read by a snapshot rather than a change: fields
 	// that already hold the record's resolved value are not written again.
 	snapshot bool
+	refused error // the row could not be mapped (transform.go): to the dead-letter queue
 }
 
 func castText(cols []string) string {
@@ -322,7 +323,7 @@ func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (c
 	for i, k := range t.Key {
 		v, ok := text[k]
 		if !ok || v == nil {
-			return change{}, fmt.Errorf("key column %q is null or missing", k)
+			return refuse(change{table: t}, fmt.Errorf("table %s: key column %q is null or missing", t.Name, k)), nil
 		}
 		keys[i] = *v
 	}
@@ -330,23 +331,7 @@ func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (c
 	if deleted {
 		return ch, nil
 	}
-	for col, field := range t.Columns {
-		v, ok := text[col]
-		if !ok {
-			continue // unchanged TOAST value: not part of this change
-		}
-		spec, _ := ent.Field(field)
-		if v == nil {
-			ch.fields[field] = crdt.Null
-			continue
-		}
-		val, err := fromText(spec.Type, *v)
-		if err != nil {
-			return change{}, fmt.Errorf("column %q: %w", col, err)
-		}
-		ch.fields[field] = val
-	}
-	return ch, nil
+	return c.mapRow(ent, t, text, ch), nil // conversions, filter, computed fields: transform.go
 }
 
 // group is captured changes queued as edits and not yet known durable.
@@ -373,6 +358,13 @@ func (c *Connector) enqueue(ctx context.Context, changes []change) *group {
 		if !ok {
 			g.bad[i] = fmt.Errorf("%w: entity %q is no longer configured", crdt.ErrInvalid, ch.table.Entity)
 			continue
+		}
+		if ch.refused != nil {
+			g.bad[i] = ch.refused // to the dead-letter queue (complete)
+			continue
+		}
+		if !ch.deleted && len(ch.fields) == 0 {
+			continue // nothing to write (for example a row the table's filter excludes)
 		}
 		// What only the stream knows (the projections the row received) is
 		// taken now, in stream order; what the store knows (this database's
@@ -520,7 +512,7 @@ func (c *Connector) remember(ch change) {
 // an edit of one field, not of the whole row. A row never seen (or seen
 // deleted) keeps every field. ok is false when nothing changed.
 func (c *Connector) diff(ch change) (change, bool) {
-	if ch.deleted {
+	if ch.deleted || ch.refused != nil {
 		return ch, true
 	}
 	c.mu.Lock()

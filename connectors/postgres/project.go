@@ -256,7 +256,7 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records [][2]string) error {
 	var ps []*projection
 	for _, r := range records {
-		p, err := c.build(r[0], r[1])
+		p, err := c.buildOrQueue(ctx, r[0], r[1])
 		if err != nil {
 			return err
 		}
@@ -411,6 +411,9 @@ func (c *Connector) build(entity, id string) (*projection, error) {
 	for _, f := range fields {
 		values[f.Name] = f.Value
 	}
+	if ok, err := t.projects(values, deleted); !ok || err != nil {
+		return nil, err // project_filter: not written, or to the dead-letter queue (transform.go)
+	}
 	for _, field := range t.Columns {
 		mapped[field] = values[field]
 	}
@@ -452,7 +455,7 @@ func (c *Connector) build(entity, id string) (*projection, error) {
 				continue
 			}
 			var v any
-			if s, ok := toText(values[t.Columns[col]]); ok {
+			if s, ok := t.toColumn(col, values[t.Columns[col]]); ok {
 				v = s
 			}
 			cols = append(cols, pgx.Identifier{col}.Sanitize())
@@ -544,7 +547,7 @@ func (c *Connector) recapture(ctx context.Context, entity, id string) error {
 		return err
 	}
 	defer conn.Close(context.Background())
-	cols := append(append([]string{}, t.Key...), mapKeys(t.Columns)...)
+	cols := t.columns()
 	var where []string
 	args := make([]any, len(keys))
 	for i, k := range t.Key {
@@ -570,6 +573,9 @@ func (c *Connector) recapture(ctx context.Context, entity, id string) error {
 	ch, err := c.toChange(t, text, false)
 	if err != nil {
 		return fmt.Errorf("%w: %v", crdt.ErrInvalid, err)
+	}
+	if ch.refused != nil {
+		return ch.refused // the dead letter stays, with this error
 	}
 	ch.at, ch.seen = time.Now(), c.seenOf(ch.table.Entity, ch.id)
 	return c.apply(ctx, []change{ch})
