@@ -301,7 +301,7 @@ type change struct {
 	// snapshot marks a row read by a snapshot rather than a change: fields
 	// that already hold the record's resolved value are not written again.
 	snapshot bool
-	refused error // the row could not be mapped (transform.go): to the dead-letter queue
+	refused  error // the row could not be mapped (transform.go): to the dead-letter queue
 }
 
 func castText(cols []string) string {
