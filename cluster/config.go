@@ -38,6 +38,10 @@ type Config struct {
 	// OnLeave is called after the node was asked (Cluster.Leave) to leave:
 	// it should shut the agent down, which leaves the member list gracefully.
 	OnLeave func()
+	// LocalConnectors reports the connectors running on this node (the
+	// agent's connector manager), for Cluster.ConnectorStatus; it must be
+	// safe to call from any goroutine. Nil: none run here.
+	LocalConnectors func() []ConnectorRuntime
 	// Logger receives the node's logs, raft's and memberlist's included.
 	Logger *slog.Logger
 	// Metrics receives cluster measurements; nil records nothing.

@@ -191,6 +191,14 @@ func (n *Node) reconcile() {
 	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
+	// Close closes stop before it cancels the pullers under mu: a reconcile
+	// that gets mu after that must start none, or Close waits forever for a
+	// puller nobody cancels.
+	select {
+	case <-n.stop:
+		return
+	default:
+	}
 	for id, p := range n.mu.pullers {
 		if m, ok := want[id]; !ok || m.GRPCAddr != p.addr {
 			p.cancel()

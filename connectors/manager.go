@@ -82,26 +82,48 @@ type Factory func(decl crdt.ConnectorDecl, epoch uint64) (Runnable, error)
 
 // Status is what the manager knows of one connector on this node.
 type Status struct {
-	Name    string
-	Kind    string
-	Epoch   uint64
+	Name  string
+	Kind  string
+	Epoch uint64
+	// Running is set while an attempt runs; false between a failed attempt
+	// and its retry.
 	Running bool
-	Since   time.Time
-	// LastError is the error that ended the last attempt, if any.
-	LastError string
+	// Since is when this node started the connector under this epoch.
+	Since time.Time
+	// Attempts counts the attempts started under this epoch (1 for a
+	// connector that never failed).
+	Attempts int
+	// Restarts counts, since this node started, the attempts of this
+	// connector that ended with an error and were retried (all epochs).
+	Restarts uint64
+	// LastError is the error that ended the last attempt, if any, and
+	// LastErrorAt when it did.
+	LastError   string
+	LastErrorAt time.Time
+	// NextRetry is when the next attempt starts; zero while one runs.
+	NextRetry time.Time
+	// Report is what the connector says of itself, when its Runnable is a
+	// Reporter: the running attempt's, or after a failure the last one's,
+	// with State set to StateFailed. Nil otherwise.
+	Report *Report
 }
 
 // Manager runs the connectors placed on this node, stops the ones moved
 // away, and restarts a failed one with capped exponential backoff and
-// jitter. Every goroutine it starts ends before Run returns.
+// jitter. Every goroutine it starts ends before Run returns. It is safe for
+// concurrent use: Statuses may be called while connectors run.
 type Manager struct {
 	placement Placement
 	schema    SchemaSource
 	factory   Factory
 	log       *slog.Logger
 
-	mu      sync.Mutex
-	running map[string]*instance
+	// mu guards running, restarts and every instance's status and reporter.
+	// It is never held while waiting for a connector or calling into one
+	// (Run, Report), so a slow connector cannot stall a status request.
+	mu       sync.Mutex
+	running  map[string]*instance
+	restarts map[string]uint64
 }
 
 type instance struct {
@@ -109,12 +131,15 @@ type instance struct {
 	epoch  uint64
 	cancel context.CancelFunc
 	done   chan struct{}
-	status Status
+	// status and reporter are guarded by Manager.mu.
+	status   Status
+	reporter Reporter
 }
 
 // NewManager returns a manager; Run starts it.
 func NewManager(p Placement, schema SchemaSource, f Factory, log *slog.Logger) *Manager {
-	return &Manager{placement: p, schema: schema, factory: f, log: log.With("component", "connectors"), running: map[string]*instance{}}
+	return &Manager{placement: p, schema: schema, factory: f, log: log.With("component", "connectors"),
+		running: map[string]*instance{}, restarts: map[string]uint64{}}
 }
 
 // Run reconciles every half second until ctx ends, then stops every connector.
@@ -141,23 +166,35 @@ func (m *Manager) Run(ctx context.Context) {
 	}
 }
 
+// reconcile stops the connectors no longer placed here (or redeclared),
+// waits until they have stopped, then starts the ones newly placed here: a
+// connector moving epochs never runs twice at once on this node. Only Run's
+// goroutine calls it.
 func (m *Manager) reconcile(ctx context.Context) {
 	owned := m.placement.Owned()
 	decls := map[string]crdt.ConnectorDecl{}
 	for _, d := range m.schema.Schema().Connectors {
 		decls[d.Name] = d
 	}
+	var stopping []*instance
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	for name, in := range m.running {
 		epoch, ok := owned[name]
 		if !ok || epoch != in.epoch || !sameDecl(decls[name], in.decl) {
 			m.log.Info("stopping connector", "connector", name, "epoch", in.epoch, "placed_here", ok)
 			in.cancel()
-			<-in.done
+			stopping = append(stopping, in)
 			delete(m.running, name)
 		}
 	}
+	m.mu.Unlock()
+	// Wait without the lock: a stopping connector's supervisor may still
+	// record its status.
+	for _, in := range stopping {
+		<-in.done
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	for name, epoch := range owned {
 		if _, ok := m.running[name]; ok {
 			continue
@@ -184,9 +221,12 @@ func (m *Manager) supervise(ctx context.Context, in *instance) {
 	defer close(in.done)
 	backoff := 500 * time.Millisecond
 	for ctx.Err() == nil {
+		m.mu.Lock()
+		in.status.Attempts++
+		m.mu.Unlock()
 		r, err := m.factory(in.decl, in.epoch)
 		if err == nil {
-			m.setStatus(in, true, "")
+			m.started(in, r)
 			err = r.Run(ctx)
 		}
 		if ctx.Err() != nil {
@@ -196,12 +236,13 @@ func (m *Manager) supervise(ctx context.Context, in *instance) {
 		if err != nil {
 			msg = err.Error()
 		}
-		m.setStatus(in, false, msg)
-		m.log.Error("connector failed; retrying", "connector", in.decl.Name, "err", msg, "in", backoff)
+		wait := backoff/2 + time.Duration(rand.Int64N(int64(backoff)))
+		m.failed(in, msg, wait)
+		m.log.Error("connector failed; retrying", "connector", in.decl.Name, "err", msg, "in", wait)
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(backoff/2 + time.Duration(rand.Int64N(int64(backoff)))):
+		case <-time.After(wait):
 		}
 		if backoff *= 2; backoff > 30*time.Second {
 			backoff = 30 * time.Second
@@ -209,22 +250,49 @@ func (m *Manager) supervise(ctx context.Context, in *instance) {
 	}
 }
 
-func (m *Manager) setStatus(in *instance, running bool, lastErr string) {
+// started records a new attempt's Runnable.
+func (m *Manager) started(in *instance, r Runnable) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	in.status.Running = running
-	if lastErr != "" {
-		in.status.LastError = lastErr
-	}
+	in.status.Running = true
+	in.status.NextRetry = time.Time{}
+	in.reporter, _ = r.(Reporter)
 }
 
-// Statuses returns the connectors this node runs.
-func (m *Manager) Statuses() []Status {
+// failed records an attempt that ended with msg; the next starts after wait.
+func (m *Manager) failed(in *instance, msg string, wait time.Duration) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	var out []Status
+	now := time.Now()
+	in.status.Running = false
+	in.status.LastError, in.status.LastErrorAt = msg, now
+	in.status.NextRetry = now.Add(wait)
+	m.restarts[in.decl.Name]++
+}
+
+// Statuses returns the connectors this node runs, by name, each with its
+// connector's own Report when it has one.
+func (m *Manager) Statuses() []Status {
+	m.mu.Lock()
+	out := make([]Status, 0, len(m.running))
+	reporters := make([]Reporter, 0, len(m.running))
 	for _, in := range m.running {
-		out = append(out, in.status)
+		st := in.status
+		st.Restarts = m.restarts[in.decl.Name]
+		out = append(out, st)
+		reporters = append(reporters, in.reporter)
+	}
+	m.mu.Unlock()
+	// Ask the connectors outside the lock (Report takes their own locks).
+	for i, r := range reporters {
+		if r == nil {
+			continue
+		}
+		rep := r.Report()
+		if !out[i].Running {
+			rep.State = StateFailed
+		}
+		out[i].Report = &rep
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

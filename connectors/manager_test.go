@@ -116,3 +116,107 @@ func TestManagerFollowsPlacement(t *testing.T) {
 		t.Error("a connector kept running after the manager stopped")
 	}
 }
+
+// reporting is a connector that reports on itself; fail makes its running
+// attempt end with an error.
+type reporting struct {
+	mu       sync.Mutex
+	captured uint64
+	fail     chan error
+}
+
+func (r *reporting) Run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case err := <-r.fail:
+			return err
+		case <-time.After(time.Millisecond):
+			r.mu.Lock()
+			r.captured++
+			r.mu.Unlock()
+		}
+	}
+}
+
+func (r *reporting) Report() connectors.Report {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return connectors.Report{Mode: "logical", State: connectors.StateStreaming, SourcePosition: "0/16B3748",
+		CapturedEdits: r.captured, ProjectionCursor: crdt.VV{}.WithDot(crdt.Dot{Node: "n1", Seq: 7})}
+}
+
+func TestManagerReportPassthrough(t *testing.T) {
+	p := &placement{}
+	sch := schema{&crdt.Schema{Connectors: []crdt.ConnectorDecl{{Name: "crm", Kind: "fake"}, {Name: "plain", Kind: "fake"}}}}
+	rep := &reporting{fail: make(chan error)}
+	factory := func(decl crdt.ConnectorDecl, epoch uint64) (connectors.Runnable, error) {
+		if decl.Name == "plain" {
+			return runFunc(func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() }), nil
+		}
+		return rep, nil
+	}
+	m := connectors.NewManager(p, sch, factory, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { m.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+	// Status requests race with the running connectors (run with -race).
+	stop := make(chan struct{})
+	var readers sync.WaitGroup
+	readers.Add(1)
+	go func() {
+		defer readers.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				_ = m.Statuses()
+			}
+		}
+	}()
+	defer func() { close(stop); readers.Wait() }()
+
+	byName := func() map[string]connectors.Status {
+		out := map[string]connectors.Status{}
+		for _, s := range m.Statuses() {
+			out[s.Name] = s
+		}
+		return out
+	}
+	p.set(map[string]uint64{"crm": 2, "plain": 1})
+	waitUntil(t, "crm reports captured edits", func() bool {
+		s, ok := byName()["crm"]
+		return ok && s.Running && s.Report != nil && s.Report.CapturedEdits > 0
+	})
+	st := byName()
+	crm := st["crm"]
+	if r := crm.Report; r.Mode != "logical" || r.State != connectors.StateStreaming || r.SourcePosition != "0/16B3748" ||
+		r.ProjectionCursor.String() != "{n1:7}" {
+		t.Errorf("crm report = %+v", *r)
+	}
+	if crm.Epoch != 2 || crm.Attempts != 1 || crm.Restarts != 0 || crm.LastError != "" || !crm.NextRetry.IsZero() {
+		t.Errorf("crm status = %+v", crm)
+	}
+	if plain, ok := st["plain"]; !ok || !plain.Running || plain.Report != nil {
+		t.Errorf("a connector that is not a Reporter: status %+v, want running without a report", plain)
+	}
+
+	// A failed attempt: not running, the error and the retry time are
+	// known, and the last report is kept with state failed.
+	rep.fail <- errors.New("replication slot is gone")
+	waitUntil(t, "crm shows the failure", func() bool { return !byName()["crm"].Running })
+	crm = byName()["crm"]
+	if crm.LastError != "replication slot is gone" || crm.LastErrorAt.IsZero() || crm.NextRetry.IsZero() || crm.Restarts != 1 ||
+		crm.Report == nil || crm.Report.State != connectors.StateFailed || crm.Report.CapturedEdits == 0 {
+		t.Errorf("crm after a failure: %+v report %+v", crm, crm.Report)
+	}
+	// The retry runs again: attempt 2, the restart still counted.
+	waitUntil(t, "crm retried", func() bool { s := byName()["crm"]; return s.Running && s.Attempts == 2 })
+	crm = byName()["crm"]
+	if crm.Restarts != 1 || crm.Report.State != connectors.StateStreaming || !crm.NextRetry.IsZero() {
+		t.Errorf("crm after the retry: %+v report %+v", crm, crm.Report)
+	}
+}

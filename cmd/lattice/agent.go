@@ -185,6 +185,10 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 		}
 	}
 	ccfg.OnLeave = func() { leaving = true; leave() }
+	// The connector manager is built below, before the gRPC server serves:
+	// only gRPC handlers (Cluster.ConnectorStatus) call this.
+	var mgr *connectors.Manager
+	ccfg.LocalConnectors = func() []cluster.ConnectorRuntime { return connectorRuntimes(mgr) }
 	node, err := cluster.New(ccfg)
 	if err != nil {
 		return err
@@ -215,6 +219,30 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	if err != nil {
 		return err
 	}
+	// Connector manager: built now so status requests can reach it once the
+	// gRPC server serves; it starts running connectors further down.
+	mgr = connectors.NewManager(node, records, func(decl crdt.ConnectorDecl, epoch uint64) (connectors.Runnable, error) {
+		switch decl.Kind {
+		case "postgres":
+			cfg, err := postgres.ParseConfig(decl.Name, decl.Config, records.Schema())
+			if err != nil {
+				return nil, err
+			}
+			// Captured edits reach cfg.Acks nodes before the source may
+			// release them (fewer when fewer are alive: a lone survivor
+			// still makes progress).
+			wait := func(ctx context.Context, dot crdt.Dot, k int) error {
+				return node.WaitAcks(ctx, dot, min(k, 1+len(node.Peers())))
+			}
+			// WithReport last: it wraps the hooks given before it.
+			return postgres.New(cfg, store, records, log, postgres.WithCheckpoints(node, epoch),
+				postgres.WithDeadLetters(dlqAdapter{node}), postgres.WithObserver(m),
+				postgres.WithWriteConcern(cfg.Acks, wait), postgres.WithReport()), nil
+		}
+		return nil, fmt.Errorf("connector %q: unknown kind %q (supported: postgres)", decl.Name, decl.Kind)
+	}, log)
+	reg.MustRegister(newConnectorCollector(node, mgr))
+
 	gs := grpc.NewServer(server.ServerOptions(m.unaryInterceptor)...)
 	records.Register(gs)
 	node.Register(gs)
@@ -254,25 +282,6 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	// Connectors: run those the Raft leader placed on this node.
 	connCtx, stopConnectors := context.WithCancel(ctx)
 	connDone := make(chan struct{})
-	mgr := connectors.NewManager(node, records, func(decl crdt.ConnectorDecl, epoch uint64) (connectors.Runnable, error) {
-		switch decl.Kind {
-		case "postgres":
-			cfg, err := postgres.ParseConfig(decl.Name, decl.Config, records.Schema())
-			if err != nil {
-				return nil, err
-			}
-			// Captured edits reach cfg.Acks nodes before the source may
-			// release them (fewer when fewer are alive: a lone survivor
-			// still makes progress).
-			wait := func(ctx context.Context, dot crdt.Dot, k int) error {
-				return node.WaitAcks(ctx, dot, min(k, 1+len(node.Peers())))
-			}
-			return postgres.New(cfg, store, records, log, postgres.WithCheckpoints(node, epoch),
-				postgres.WithDeadLetters(dlqAdapter{node}), postgres.WithObserver(m),
-				postgres.WithWriteConcern(cfg.Acks, wait)), nil
-		}
-		return nil, fmt.Errorf("connector %q: unknown kind %q (supported: postgres)", decl.Name, decl.Kind)
-	}, log)
 	go func() {
 		defer close(connDone)
 		mgr.Run(connCtx)

@@ -410,6 +410,7 @@ func TestClientWithoutServer(t *testing.T) {
 		{"delete", "contact", "c1"},
 		{"resolve", "contact", "c1", "name"},
 		{"watch", "contact"},
+		{"connectors", "status"},
 	} {
 		start := time.Now()
 		_, err := cli(addr, append([]string{"--timeout", "2s"}, args...)...)

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/lattice-sync/lattice/cluster"
+	"github.com/lattice-sync/lattice/connectors"
 	"github.com/lattice-sync/lattice/storage"
 )
 
@@ -160,4 +161,47 @@ func (m *metrics) unaryInterceptor(ctx context.Context, req any, info *grpc.Unar
 	m.latency.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
 	m.requests.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
 	return resp, err
+}
+
+// connectorCollector exports, for every configured connector, whether it
+// runs on this node, and how often its attempts here failed and were
+// retried: sum(lattice_connector_running) by (connector) is 0 for a
+// connector that runs nowhere.
+type connectorCollector struct {
+	node     *cluster.Node
+	mgr      *connectors.Manager
+	running  *prometheus.Desc
+	restarts *prometheus.Desc
+}
+
+func newConnectorCollector(n *cluster.Node, m *connectors.Manager) *connectorCollector {
+	return &connectorCollector{node: n, mgr: m,
+		running: prometheus.NewDesc("lattice_connector_running",
+			"1 while the connector runs on this node (an attempt is in progress), else 0.", []string{"connector"}, nil),
+		restarts: prometheus.NewDesc("lattice_connector_restarts_total",
+			"Attempts of the connector on this node that ended with an error and were retried, since the node started.", []string{"connector"}, nil),
+	}
+}
+
+func (c *connectorCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.running
+	ch <- c.restarts
+}
+
+func (c *connectorCollector) Collect(ch chan<- prometheus.Metric) {
+	here := map[string]connectors.Status{}
+	for _, s := range c.mgr.Statuses() {
+		here[s.Name] = s
+	}
+	for name := range c.node.State().Connectors {
+		running := 0.0
+		s, ok := here[name]
+		if ok && s.Running {
+			running = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, running, name)
+		if ok {
+			ch <- prometheus.MustNewConstMetric(c.restarts, prometheus.CounterValue, float64(s.Restarts), name)
+		}
+	}
 }

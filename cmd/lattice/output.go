@@ -13,6 +13,7 @@ import (
 
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	pb "github.com/lattice-sync/lattice/api/lattice/v1"
 )
@@ -219,4 +220,155 @@ func printEvent(w io.Writer, format string, ev *pb.WatchEvent) error {
 	}
 	_, err := fmt.Fprintf(w, "%s %s %s%s %s\n", hlcTime(r.GetUpdatedHlc()), r.GetEntity(), r.GetId(), state, strings.Join(parts, " "))
 	return err
+}
+
+// durText renders a lag for tables: milliseconds below a second, then
+// seconds with one decimal, then whole seconds past a minute.
+func durText(seconds float64) string {
+	d := time.Duration(seconds * float64(time.Second))
+	switch {
+	case d < time.Second:
+		return d.Round(time.Millisecond).String()
+	case d < time.Minute:
+		return d.Round(100 * time.Millisecond).String()
+	}
+	return d.Round(time.Second).String()
+}
+
+// agoText renders how long ago a time was ("" for an unset time).
+func agoText(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return ""
+	}
+	d := time.Since(t.AsTime())
+	if d < time.Second {
+		return "just now"
+	}
+	return d.Round(time.Second).String() + " ago"
+}
+
+func timeText(t *timestamppb.Timestamp) string {
+	if t == nil {
+		return "-"
+	}
+	return t.AsTime().UTC().Format("2006-01-02 15:04:05") + " UTC (" + agoText(t) + ")"
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// connectorState is a status's state, saying why when the owner was not asked.
+func connectorState(cs *pb.ConnectorStatus) string {
+	if cs.GetOwnerUnreachable() {
+		return cs.GetState() + " (owner unreachable)"
+	}
+	return cs.GetState()
+}
+
+// connectorError is the error an operator should see first: why the owner
+// could not be asked, else the connector's last error, else the one that
+// ended its last attempt; with how long ago.
+func connectorError(cs *pb.ConnectorStatus) string {
+	rt := cs.GetRuntime()
+	switch {
+	case cs.GetOwnerUnreachable():
+		return cs.GetOwnerError()
+	case rt.GetReport().GetLastError() != "":
+		return rt.GetReport().GetLastError() + " (" + agoText(rt.GetReport().GetLastErrorAt()) + ")"
+	case rt.GetLastExitError() != "":
+		return rt.GetLastExitError() + " (" + agoText(rt.GetLastExitAt()) + ")"
+	}
+	return ""
+}
+
+func lagText(seconds float64, at *timestamppb.Timestamp) string {
+	if at == nil {
+		return "-"
+	}
+	return durText(seconds)
+}
+
+func shorten(s string, n int) string {
+	if r := []rune(s); len(r) > n {
+		return string(r[:n-1]) + "…"
+	}
+	return s
+}
+
+// printConnectorTable prints one row per connector.
+func printConnectorTable(w io.Writer, list []*pb.ConnectorStatus) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tKIND\tOWNER\tEPOCH\tSTATE\tCAPTURE LAG\tPROJECTION LAG\tSOURCE POSITION\tDEAD LETTERS\tLAST ERROR")
+	for _, cs := range list {
+		p, rep := cs.GetPlacement(), cs.GetRuntime().GetReport()
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\t%s\t%d\t%s\n", p.GetName(), p.GetKind(), orDash(p.GetNode()), p.GetEpoch(),
+			connectorState(cs), lagText(rep.GetCaptureLagSeconds(), rep.GetLastCapture()),
+			lagText(rep.GetProjectionLagSeconds(), rep.GetLastProjection()), orDash(rep.GetSourcePosition()),
+			p.GetDeadLetters(), orDash(shorten(connectorError(cs), 80)))
+	}
+	return tw.Flush()
+}
+
+// printConnectorDetail prints everything known of one connector, one
+// key per line.
+func printConnectorDetail(w io.Writer, answeredBy string, cs *pb.ConnectorStatus) error {
+	p, rt := cs.GetPlacement(), cs.GetRuntime()
+	rep := rt.GetReport()
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	row := func(k, v string) { fmt.Fprintf(tw, "%s\t%s\n", k, v) }
+	row("connector", p.GetName())
+	row("kind", p.GetKind())
+	row("owner", orDash(p.GetNode()))
+	row("epoch", fmt.Sprint(p.GetEpoch()))
+	row("state", connectorState(cs))
+	if cs.GetOwnerUnreachable() {
+		row("owner error", cs.GetOwnerError())
+	}
+	row("paused", map[bool]string{true: "yes (lattice connectors resume " + p.GetName() + ")", false: "no"}[p.GetPaused()])
+	row("checkpoint", orDash(p.GetCheckpoint()))
+	if rt != nil {
+		row("owner since", timeText(rt.GetSince()))
+		row("attempts", fmt.Sprintf("%d under this epoch, %d restarts on %s", rt.GetAttempts(), rt.GetRestarts(), rt.GetNode()))
+		if rt.GetLastExitError() != "" {
+			row("last exit error", rt.GetLastExitError()+" ("+agoText(rt.GetLastExitAt())+")")
+		}
+		if rt.GetNextRetry() != nil {
+			row("next retry", timeText(rt.GetNextRetry()))
+		}
+	}
+	if rep != nil {
+		row("mode", rep.GetMode())
+		row("source position", orDash(rep.GetSourcePosition())+" (confirmed to the source)")
+		row("received position", orDash(rep.GetReceivedPosition()))
+		if rep.GetProjectionCursor() != nil {
+			row("projection cursor", vvText(rep.GetProjectionCursor()))
+		} else {
+			row("projection cursor", "-")
+		}
+		measured := func(seconds float64, at *timestamppb.Timestamp) string {
+			if at == nil {
+				return "- (nothing measured yet)"
+			}
+			return durText(seconds) + " (measured " + agoText(at) + ")"
+		}
+		row("capture lag", measured(rep.GetCaptureLagSeconds(), rep.GetLastCapture()))
+		row("projection lag", measured(rep.GetProjectionLagSeconds(), rep.GetLastProjection()))
+		row("captured edits", fmt.Sprint(rep.GetCapturedEdits()))
+		row("projected records", fmt.Sprint(rep.GetProjectedRecords()))
+		row("dead letters", fmt.Sprintf("%d in the queue, %d sent since start (lattice connectors dlq list %s)", p.GetDeadLetters(), rep.GetDeadLettersSent(), p.GetName()))
+		if rep.GetLastError() != "" {
+			row("last error", rep.GetLastError()+" ("+agoText(rep.GetLastErrorAt())+")")
+		} else {
+			row("last error", "-")
+		}
+		row("started at", timeText(rep.GetStartedAt()))
+	} else {
+		row("dead letters", fmt.Sprintf("%d in the queue", p.GetDeadLetters()))
+	}
+	row("answered by", answeredBy)
+	return tw.Flush()
 }

@@ -1,18 +1,22 @@
 package postgres_test
 
 import (
+	"context"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	pb "github.com/lattice-sync/lattice/api/lattice/v1"
 	"github.com/lattice-sync/lattice/cluster/clustertest"
 	"github.com/lattice-sync/lattice/connectors/postgres/pgtest"
 )
@@ -81,6 +85,11 @@ connectors:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	if st, err := c.Nodes[0].Cluster().Status(context.Background(), &pb.StatusRequest{}); err == nil {
+		for _, p := range st.GetConnectors() {
+			logf(b, "connector %s runs on %s", p.GetName(), p.GetNode())
+		}
+	}
 	script := filepath.Join(b.TempDir(), "update.sql")
 	if err := os.WriteFile(script, []byte(fmt.Sprintf("\\set id random(1, %d)\nUPDATE customers SET phone = :id, sent_at = clock_timestamp() WHERE customer_id = :id;\n", rows)), 0o644); err != nil {
 		b.Fatal(err)
@@ -103,19 +112,21 @@ connectors:
 			b.Fatal(err)
 		}
 		profiles := profileNodes(b, c, fmt.Sprintf("%d", rate))
+		before := scrapeHist(b, c)
 		if err := n.Start(); err != nil {
 			b.Fatal(err)
 		}
 		if err := a.Wait(); err != nil {
-			b.Logf("pgbench on crm: %v", err)
+			logf(b, "pgbench on crm: %v", err)
 		}
 		if err := n.Wait(); err != nil {
-			b.Logf("pgbench on crm_native: %v", err)
+			logf(b, "pgbench on crm_native: %v", err)
 		}
-		b.Logf("pgbench crm: %s", lastLine(aout.String()))
-		b.Logf("pgbench crm_native: %s", lastLine(nout.String()))
+		logf(b, "pgbench crm: %s", lastLine(aout.String()))
+		logf(b, "pgbench crm_native: %s", lastLine(nout.String()))
 		<-profiles
 		time.Sleep(5 * time.Second) // drain
+		logStages(b, before, scrapeHist(b, c))
 		for _, db := range []string{"billing", "billing_native"} {
 			r := query(b, dst, db, `SELECT count(*),
 				round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM arrived_at - sent_at)) * 1000)::numeric, 2)::float8,
@@ -125,7 +136,7 @@ connectors:
 			if db == "billing_native" {
 				name = "native"
 			}
-			b.Logf("%d updates/s offered for 10 s, %s: arrivals, p50 ms, p99 ms, max ms = %s", rate, name, r[0])
+			logf(b, "%d updates/s offered for 10 s, %s: arrivals, p50 ms, p99 ms, max ms = %s", rate, name, r[0])
 		}
 	}
 }
@@ -158,7 +169,7 @@ func profileNodes(b *testing.B, c *clustertest.Cluster, tag string) chan struct{
 				defer wg.Done()
 				resp, err := http.Get("http://" + nd.HTTP + "/debug/pprof/profile?seconds=8")
 				if err != nil {
-					b.Logf("profile %s: %v", nd.ID, err)
+					logf(b, "profile %s: %v", nd.ID, err)
 					return
 				}
 				defer resp.Body.Close()
@@ -173,4 +184,90 @@ func profileNodes(b *testing.B, c *clustertest.Cluster, tag string) chan struct{
 		wg.Wait()
 	}()
 	return done
+}
+
+// hist is a cumulative Prometheus histogram: upper bound -> count.
+type hist map[float64]float64
+
+// scrapeHist reads the connector lag histograms of every node, summed
+// over nodes, keyed by "<metric>{connector}".
+func scrapeHist(b *testing.B, c *clustertest.Cluster) map[string]hist {
+	out := map[string]hist{}
+	for _, nd := range c.Nodes {
+		resp, err := http.Get("http://" + nd.HTTP + "/metrics")
+		if err != nil {
+			logf(b, "scrape %s: %v", nd.ID, err)
+			continue
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		for _, line := range strings.Split(string(body), "\n") {
+			if !strings.HasPrefix(line, "lattice_connector_") || !strings.Contains(line, "_bucket{") {
+				continue
+			}
+			name := line[:strings.Index(line, "_bucket{")]
+			conn := between(line, `connector="`, `"`)
+			le := between(line, `le="`, `"`)
+			f := strings.Fields(line)
+			v, _ := strconv.ParseFloat(f[len(f)-1], 64)
+			bound := math.Inf(1)
+			if le != "+Inf" {
+				bound, _ = strconv.ParseFloat(le, 64)
+			}
+			k := name + "{" + conn + "}"
+			if out[k] == nil {
+				out[k] = hist{}
+			}
+			out[k][bound] += v
+		}
+	}
+	return out
+}
+
+func between(s, from, to string) string {
+	i := strings.Index(s, from)
+	if i < 0 {
+		return ""
+	}
+	s = s[i+len(from):]
+	if j := strings.Index(s, to); j >= 0 {
+		return s[:j]
+	}
+	return s
+}
+
+// logStages logs, per connector, the p50 and p99 upper bucket bounds of
+// the capture and projection lag observed between two scrapes.
+func logStages(b *testing.B, before, after map[string]hist) {
+	keys := make([]string, 0, len(after))
+	for k := range after {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		var bounds []float64
+		for bound := range after[k] {
+			bounds = append(bounds, bound)
+		}
+		sort.Float64s(bounds)
+		total := after[k][math.Inf(1)] - before[k][math.Inf(1)]
+		if total <= 0 {
+			continue
+		}
+		q := func(p float64) float64 {
+			for _, bound := range bounds {
+				if after[k][bound]-before[k][bound] >= p*total {
+					return bound
+				}
+			}
+			return math.Inf(1)
+		}
+		logf(b, "stage %s: %v observations, p50 <= %v ms, p99 <= %v ms", k, total, q(0.5)*1000, q(0.99)*1000)
+	}
+}
+
+// logf prints a benchmark result line to stdout (benchmark logs are
+// truncated after a few lines) and to the benchmark's log.
+func logf(b *testing.B, format string, args ...any) {
+	fmt.Printf(format+"\n", args...)
 }

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
+	"github.com/lattice-sync/lattice/connectors"
 	"github.com/lattice-sync/lattice/crdt"
 )
 
@@ -315,6 +316,7 @@ func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
 		}
 		from = position{LSN: lsn}
 		// Initial snapshot at exactly the slot's starting point.
+		c.stats().setState(connectors.StateSnapshotting)
 		if err := c.snapshot(ctx, conn, res.SnapshotName); err != nil {
 			return err
 		}
@@ -631,6 +633,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			if err != nil {
 				return fmt.Errorf("connector %s: decode XLogData: %w", c.cfg.Name, err)
 			}
+			c.stats().received(xld.WALStart + pglogrepl.LSN(len(xld.WALData)))
 			msg, err := pglogrepl.ParseV2(xld.WALData, false)
 			if err != nil {
 				return fmt.Errorf("connector %s: decode pgoutput: %w", c.cfg.Name, err)

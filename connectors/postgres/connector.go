@@ -603,6 +603,7 @@ func (c *Connector) rowChange(rel uint32, tuple *pglogrepl.TupleData, deleted bo
 	ch, err := c.toChange(t, text, deleted)
 	if err != nil {
 		c.log.Error("captured row refused", "table", t.Name, "err", err)
+		c.stats().fail(err)
 		return change{}, false
 	}
 	return ch, true
@@ -615,6 +616,7 @@ func (c *Connector) observeProjection(content []byte) (string, string, bool) {
 	parts := strings.SplitN(string(content), "\x00", 3)
 	if len(parts) != 3 {
 		c.log.Warn("malformed projection message in the stream", "bytes", len(content))
+		c.stats().fail(fmt.Errorf("malformed projection message in the stream (%d bytes)", len(content)))
 		return "", "", false
 	}
 	b, err := base64.RawURLEncoding.DecodeString(parts[2])

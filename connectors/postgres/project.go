@@ -49,6 +49,7 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 		return err
 	}
 	c.prog.setCursor(pos)
+	c.stats().projectedTo(pos)
 	replayTick := time.NewTicker(time.Second)
 	defer replayTick.Stop()
 	for {
@@ -132,6 +133,7 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 			records = records[n:]
 		}
 		c.prog.setCursor(pos)
+		c.stats().projectedTo(pos)
 	}
 }
 

@@ -1949,6 +1949,533 @@ func (x *DeadLettersResponse) GetEntries() []*DeadLetter {
 	return nil
 }
 
+// ConnectorStatusRequest selects connectors.
+type ConnectorStatusRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// connector names one connector; empty = every configured connector.
+	Connector string `protobuf:"bytes,1,opt,name=connector,proto3" json:"connector,omitempty"`
+	// local_only asks for the serving node's own view only, without Raft
+	// placement and without asking other nodes (a node asking an owner sets
+	// it). Only connectors running on the serving node are listed, each with
+	// runtime set and a placement holding its name, kind, node and runtime
+	// epoch; an unknown name lists nothing rather than NOT_FOUND.
+	LocalOnly     bool `protobuf:"varint,2,opt,name=local_only,json=localOnly,proto3" json:"local_only,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorStatusRequest) Reset() {
+	*x = ConnectorStatusRequest{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorStatusRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorStatusRequest) ProtoMessage() {}
+
+func (x *ConnectorStatusRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorStatusRequest.ProtoReflect.Descriptor instead.
+func (*ConnectorStatusRequest) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ConnectorStatusRequest) GetConnector() string {
+	if x != nil {
+		return x.Connector
+	}
+	return ""
+}
+
+func (x *ConnectorStatusRequest) GetLocalOnly() bool {
+	if x != nil {
+		return x.LocalOnly
+	}
+	return false
+}
+
+// ConnectorStatusResponse lists the selected connectors by name.
+type ConnectorStatusResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// connectors are the selected connectors, in name order.
+	Connectors []*ConnectorStatus `protobuf:"bytes,1,rep,name=connectors,proto3" json:"connectors,omitempty"`
+	// node_id is the node that answered (and whose Raft state placement is).
+	NodeId        string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorStatusResponse) Reset() {
+	*x = ConnectorStatusResponse{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorStatusResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorStatusResponse) ProtoMessage() {}
+
+func (x *ConnectorStatusResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorStatusResponse.ProtoReflect.Descriptor instead.
+func (*ConnectorStatusResponse) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ConnectorStatusResponse) GetConnectors() []*ConnectorStatus {
+	if x != nil {
+		return x.Connectors
+	}
+	return nil
+}
+
+func (x *ConnectorStatusResponse) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+// ConnectorStatus is one connector's placement and runtime state.
+type ConnectorStatus struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// placement is where the Raft leader placed the connector, as the
+	// answering node's Raft state shows it.
+	Placement *ConnectorPlacement `protobuf:"bytes,1,opt,name=placement,proto3" json:"placement,omitempty"`
+	// state sums it up:
+	//
+	//	"unplaced"     no live node to run it (or no Raft leader yet);
+	//	"paused"       an operator paused it;
+	//	"starting"     connecting, preparing the source, catching up;
+	//	"snapshotting" reading the rows that existed before capture began;
+	//	"streaming"    following the source's changes and projecting;
+	//	"failed"       its last attempt ended with an error
+	//	               (runtime.last_exit_error); runtime.next_retry is when
+	//	               it is retried;
+	//	"running"      running; its kind reports no details;
+	//	"not running"  the owner does not run it yet (just placed, or the
+	//	               owner lacks its declaration);
+	//	"unknown"      the owner could not be asked (owner_error says why).
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// owner_unreachable is set when the owner could not be asked; runtime is
+	// then unset.
+	OwnerUnreachable bool `protobuf:"varint,3,opt,name=owner_unreachable,json=ownerUnreachable,proto3" json:"owner_unreachable,omitempty"`
+	// owner_error says why the owner could not be asked.
+	OwnerError string `protobuf:"bytes,4,opt,name=owner_error,json=ownerError,proto3" json:"owner_error,omitempty"`
+	// runtime is the owner's view of the connector; unset when it is unplaced,
+	// paused, not running or its owner unreachable.
+	Runtime       *ConnectorRuntime `protobuf:"bytes,5,opt,name=runtime,proto3" json:"runtime,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorStatus) Reset() {
+	*x = ConnectorStatus{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorStatus) ProtoMessage() {}
+
+func (x *ConnectorStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorStatus.ProtoReflect.Descriptor instead.
+func (*ConnectorStatus) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *ConnectorStatus) GetPlacement() *ConnectorPlacement {
+	if x != nil {
+		return x.Placement
+	}
+	return nil
+}
+
+func (x *ConnectorStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ConnectorStatus) GetOwnerUnreachable() bool {
+	if x != nil {
+		return x.OwnerUnreachable
+	}
+	return false
+}
+
+func (x *ConnectorStatus) GetOwnerError() string {
+	if x != nil {
+		return x.OwnerError
+	}
+	return ""
+}
+
+func (x *ConnectorStatus) GetRuntime() *ConnectorRuntime {
+	if x != nil {
+		return x.Runtime
+	}
+	return nil
+}
+
+// ConnectorRuntime is what the node running a connector knows of it.
+type ConnectorRuntime struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// node is the node that runs the connector.
+	Node string `protobuf:"bytes,1,opt,name=node,proto3" json:"node,omitempty"`
+	// epoch is the placement epoch the connector runs under (the placement's,
+	// unless it is being moved right now).
+	Epoch uint64 `protobuf:"varint,2,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	// running is set while an attempt runs, unset between a failed attempt
+	// and its retry.
+	Running bool `protobuf:"varint,3,opt,name=running,proto3" json:"running,omitempty"`
+	// since is when the node started the connector under this epoch.
+	Since *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=since,proto3" json:"since,omitempty"`
+	// attempts counts the attempts started under this epoch (1: it never
+	// failed).
+	Attempts uint32 `protobuf:"varint,5,opt,name=attempts,proto3" json:"attempts,omitempty"`
+	// restarts counts the attempts on this node that ended with an error and
+	// were retried, since the node started (all epochs).
+	Restarts uint64 `protobuf:"varint,6,opt,name=restarts,proto3" json:"restarts,omitempty"`
+	// last_exit_error is the error that ended the last attempt, if any.
+	LastExitError string `protobuf:"bytes,7,opt,name=last_exit_error,json=lastExitError,proto3" json:"last_exit_error,omitempty"`
+	// last_exit_at is when the last attempt ended with last_exit_error.
+	LastExitAt *timestamppb.Timestamp `protobuf:"bytes,8,opt,name=last_exit_at,json=lastExitAt,proto3" json:"last_exit_at,omitempty"`
+	// next_retry is when the next attempt starts; unset while one runs.
+	NextRetry *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=next_retry,json=nextRetry,proto3" json:"next_retry,omitempty"`
+	// report is the connector's own report; unset when its kind gives none.
+	// After a failed attempt it is the last attempt's, with state "failed".
+	Report        *ConnectorReport `protobuf:"bytes,10,opt,name=report,proto3" json:"report,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorRuntime) Reset() {
+	*x = ConnectorRuntime{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorRuntime) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorRuntime) ProtoMessage() {}
+
+func (x *ConnectorRuntime) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorRuntime.ProtoReflect.Descriptor instead.
+func (*ConnectorRuntime) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *ConnectorRuntime) GetNode() string {
+	if x != nil {
+		return x.Node
+	}
+	return ""
+}
+
+func (x *ConnectorRuntime) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *ConnectorRuntime) GetRunning() bool {
+	if x != nil {
+		return x.Running
+	}
+	return false
+}
+
+func (x *ConnectorRuntime) GetSince() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Since
+	}
+	return nil
+}
+
+func (x *ConnectorRuntime) GetAttempts() uint32 {
+	if x != nil {
+		return x.Attempts
+	}
+	return 0
+}
+
+func (x *ConnectorRuntime) GetRestarts() uint64 {
+	if x != nil {
+		return x.Restarts
+	}
+	return 0
+}
+
+func (x *ConnectorRuntime) GetLastExitError() string {
+	if x != nil {
+		return x.LastExitError
+	}
+	return ""
+}
+
+func (x *ConnectorRuntime) GetLastExitAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastExitAt
+	}
+	return nil
+}
+
+func (x *ConnectorRuntime) GetNextRetry() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NextRetry
+	}
+	return nil
+}
+
+func (x *ConnectorRuntime) GetReport() *ConnectorReport {
+	if x != nil {
+		return x.Report
+	}
+	return nil
+}
+
+// ConnectorReport is what a running connector knows of itself. Counts start
+// at zero when an attempt starts.
+type ConnectorReport struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// mode is how it captures: "logical" (PostgreSQL logical replication) or
+	// "project-only".
+	Mode string `protobuf:"bytes,1,opt,name=mode,proto3" json:"mode,omitempty"`
+	// state is "starting", "snapshotting", "streaming" or, after a failed
+	// attempt, "failed".
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// source_position is the position last confirmed to the source
+	// (PostgreSQL: the flushed LSN, e.g. "0/16B3748"); the source may discard
+	// its log below it. Empty until the first confirmation.
+	SourcePosition string `protobuf:"bytes,3,opt,name=source_position,json=sourcePosition,proto3" json:"source_position,omitempty"`
+	// received_position is the last source position received, confirmed or
+	// not.
+	ReceivedPosition string `protobuf:"bytes,4,opt,name=received_position,json=receivedPosition,proto3" json:"received_position,omitempty"`
+	// projection_cursor is the version vector of the edits projection has gone
+	// through.
+	ProjectionCursor *VersionVector `protobuf:"bytes,5,opt,name=projection_cursor,json=projectionCursor,proto3" json:"projection_cursor,omitempty"`
+	// capture_lag_seconds is, as last measured (at last_capture), the time
+	// from a source commit to its edits being durable.
+	CaptureLagSeconds float64 `protobuf:"fixed64,6,opt,name=capture_lag_seconds,json=captureLagSeconds,proto3" json:"capture_lag_seconds,omitempty"`
+	// last_capture is when capture_lag_seconds was measured.
+	LastCapture *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=last_capture,json=lastCapture,proto3" json:"last_capture,omitempty"`
+	// projection_lag_seconds is, as last measured (at last_projection), the
+	// time from an edit to its record being written into the system.
+	ProjectionLagSeconds float64 `protobuf:"fixed64,8,opt,name=projection_lag_seconds,json=projectionLagSeconds,proto3" json:"projection_lag_seconds,omitempty"`
+	// last_projection is when projection_lag_seconds was measured.
+	LastProjection *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=last_projection,json=lastProjection,proto3" json:"last_projection,omitempty"`
+	// captured_edits counts source changes made edits.
+	CapturedEdits uint64 `protobuf:"varint,10,opt,name=captured_edits,json=capturedEdits,proto3" json:"captured_edits,omitempty"`
+	// projected_records counts records written into the system.
+	ProjectedRecords uint64 `protobuf:"varint,11,opt,name=projected_records,json=projectedRecords,proto3" json:"projected_records,omitempty"`
+	// dead_letters_sent counts changes sent to the dead-letter queue (the
+	// queue's current size is placement.dead_letters).
+	DeadLettersSent uint64 `protobuf:"varint,12,opt,name=dead_letters_sent,json=deadLettersSent,proto3" json:"dead_letters_sent,omitempty"`
+	// last_error is the last error the connector went on after (a refused
+	// change, a skipped row).
+	LastError string `protobuf:"bytes,13,opt,name=last_error,json=lastError,proto3" json:"last_error,omitempty"`
+	// last_error_at is when last_error happened.
+	LastErrorAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
+	// started_at is when this attempt started.
+	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ConnectorReport) Reset() {
+	*x = ConnectorReport{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ConnectorReport) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ConnectorReport) ProtoMessage() {}
+
+func (x *ConnectorReport) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ConnectorReport.ProtoReflect.Descriptor instead.
+func (*ConnectorReport) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ConnectorReport) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+func (x *ConnectorReport) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *ConnectorReport) GetSourcePosition() string {
+	if x != nil {
+		return x.SourcePosition
+	}
+	return ""
+}
+
+func (x *ConnectorReport) GetReceivedPosition() string {
+	if x != nil {
+		return x.ReceivedPosition
+	}
+	return ""
+}
+
+func (x *ConnectorReport) GetProjectionCursor() *VersionVector {
+	if x != nil {
+		return x.ProjectionCursor
+	}
+	return nil
+}
+
+func (x *ConnectorReport) GetCaptureLagSeconds() float64 {
+	if x != nil {
+		return x.CaptureLagSeconds
+	}
+	return 0
+}
+
+func (x *ConnectorReport) GetLastCapture() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastCapture
+	}
+	return nil
+}
+
+func (x *ConnectorReport) GetProjectionLagSeconds() float64 {
+	if x != nil {
+		return x.ProjectionLagSeconds
+	}
+	return 0
+}
+
+func (x *ConnectorReport) GetLastProjection() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastProjection
+	}
+	return nil
+}
+
+func (x *ConnectorReport) GetCapturedEdits() uint64 {
+	if x != nil {
+		return x.CapturedEdits
+	}
+	return 0
+}
+
+func (x *ConnectorReport) GetProjectedRecords() uint64 {
+	if x != nil {
+		return x.ProjectedRecords
+	}
+	return 0
+}
+
+func (x *ConnectorReport) GetDeadLettersSent() uint64 {
+	if x != nil {
+		return x.DeadLettersSent
+	}
+	return 0
+}
+
+func (x *ConnectorReport) GetLastError() string {
+	if x != nil {
+		return x.LastError
+	}
+	return ""
+}
+
+func (x *ConnectorReport) GetLastErrorAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LastErrorAt
+	}
+	return nil
+}
+
+func (x *ConnectorReport) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
 // ApplyConfigRequest carries a YAML entity configuration.
 type ApplyConfigRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -1962,7 +2489,7 @@ type ApplyConfigRequest struct {
 
 func (x *ApplyConfigRequest) Reset() {
 	*x = ApplyConfigRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1974,7 +2501,7 @@ func (x *ApplyConfigRequest) String() string {
 func (*ApplyConfigRequest) ProtoMessage() {}
 
 func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[25]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1987,7 +2514,7 @@ func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{25}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ApplyConfigRequest) GetYaml() string {
@@ -2017,7 +2544,7 @@ type ApplyConfigResponse struct {
 
 func (x *ApplyConfigResponse) Reset() {
 	*x = ApplyConfigResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2556,7 @@ func (x *ApplyConfigResponse) String() string {
 func (*ApplyConfigResponse) ProtoMessage() {}
 
 func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[26]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2569,7 @@ func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{26}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApplyConfigResponse) GetIndex() uint64 {
@@ -2070,7 +2597,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2609,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[27]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2622,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{27}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RemoveMemberRequest) GetNode() string {
@@ -2114,7 +2641,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2126,7 +2653,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[28]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2139,7 +2666,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{28}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{33}
 }
 
 // LeaveRequest has no parameters.
@@ -2151,7 +2678,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2163,7 +2690,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[29]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2176,7 +2703,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{29}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{34}
 }
 
 // LeaveResponse is empty.
@@ -2188,7 +2715,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2200,7 +2727,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,7 +2740,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{35}
 }
 
 // StatusRequest asks for this node's state.
@@ -2227,7 +2754,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2239,7 +2766,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2252,7 +2779,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *StatusRequest) GetDigest() bool {
@@ -2291,7 +2818,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2830,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2843,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{32}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -2406,7 +2933,7 @@ type ConnectorPlacement struct {
 
 func (x *ConnectorPlacement) Reset() {
 	*x = ConnectorPlacement{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2945,7 @@ func (x *ConnectorPlacement) String() string {
 func (*ConnectorPlacement) ProtoMessage() {}
 
 func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2958,7 @@ func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorPlacement.ProtoReflect.Descriptor instead.
 func (*ConnectorPlacement) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{33}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ConnectorPlacement) GetName() string {
@@ -2492,7 +3019,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2504,7 +3031,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2517,7 +3044,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{34}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{39}
 }
 
 // MembersResponse lists cluster members.
@@ -2531,7 +3058,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2543,7 +3070,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2556,7 +3083,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{35}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -2598,7 +3125,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2610,7 +3137,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2623,7 +3150,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{36}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *Member) GetId() string {
@@ -2838,7 +3365,56 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\battempts\x18\a \x01(\rR\battempts\x12)\n" +
 	"\x10replay_requested\x18\b \x01(\bR\x0freplayRequested\"G\n" +
 	"\x13DeadLettersResponse\x120\n" +
-	"\aentries\x18\x01 \x03(\v2\x16.lattice.v1.DeadLetterR\aentries\"D\n" +
+	"\aentries\x18\x01 \x03(\v2\x16.lattice.v1.DeadLetterR\aentries\"U\n" +
+	"\x16ConnectorStatusRequest\x12\x1c\n" +
+	"\tconnector\x18\x01 \x01(\tR\tconnector\x12\x1d\n" +
+	"\n" +
+	"local_only\x18\x02 \x01(\bR\tlocalOnly\"o\n" +
+	"\x17ConnectorStatusResponse\x12;\n" +
+	"\n" +
+	"connectors\x18\x01 \x03(\v2\x1b.lattice.v1.ConnectorStatusR\n" +
+	"connectors\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\"\xeb\x01\n" +
+	"\x0fConnectorStatus\x12<\n" +
+	"\tplacement\x18\x01 \x01(\v2\x1e.lattice.v1.ConnectorPlacementR\tplacement\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12+\n" +
+	"\x11owner_unreachable\x18\x03 \x01(\bR\x10ownerUnreachable\x12\x1f\n" +
+	"\vowner_error\x18\x04 \x01(\tR\n" +
+	"ownerError\x126\n" +
+	"\aruntime\x18\x05 \x01(\v2\x1c.lattice.v1.ConnectorRuntimeR\aruntime\"\x96\x03\n" +
+	"\x10ConnectorRuntime\x12\x12\n" +
+	"\x04node\x18\x01 \x01(\tR\x04node\x12\x14\n" +
+	"\x05epoch\x18\x02 \x01(\x04R\x05epoch\x12\x18\n" +
+	"\arunning\x18\x03 \x01(\bR\arunning\x120\n" +
+	"\x05since\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x05since\x12\x1a\n" +
+	"\battempts\x18\x05 \x01(\rR\battempts\x12\x1a\n" +
+	"\brestarts\x18\x06 \x01(\x04R\brestarts\x12&\n" +
+	"\x0flast_exit_error\x18\a \x01(\tR\rlastExitError\x12<\n" +
+	"\flast_exit_at\x18\b \x01(\v2\x1a.google.protobuf.TimestampR\n" +
+	"lastExitAt\x129\n" +
+	"\n" +
+	"next_retry\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tnextRetry\x123\n" +
+	"\x06report\x18\n" +
+	" \x01(\v2\x1b.lattice.v1.ConnectorReportR\x06report\"\xdd\x05\n" +
+	"\x0fConnectorReport\x12\x12\n" +
+	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12'\n" +
+	"\x0fsource_position\x18\x03 \x01(\tR\x0esourcePosition\x12+\n" +
+	"\x11received_position\x18\x04 \x01(\tR\x10receivedPosition\x12F\n" +
+	"\x11projection_cursor\x18\x05 \x01(\v2\x19.lattice.v1.VersionVectorR\x10projectionCursor\x12.\n" +
+	"\x13capture_lag_seconds\x18\x06 \x01(\x01R\x11captureLagSeconds\x12=\n" +
+	"\flast_capture\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\vlastCapture\x124\n" +
+	"\x16projection_lag_seconds\x18\b \x01(\x01R\x14projectionLagSeconds\x12C\n" +
+	"\x0flast_projection\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x0elastProjection\x12%\n" +
+	"\x0ecaptured_edits\x18\n" +
+	" \x01(\x04R\rcapturedEdits\x12+\n" +
+	"\x11projected_records\x18\v \x01(\x04R\x10projectedRecords\x12*\n" +
+	"\x11dead_letters_sent\x18\f \x01(\x04R\x0fdeadLettersSent\x12\x1d\n" +
+	"\n" +
+	"last_error\x18\r \x01(\tR\tlastError\x12>\n" +
+	"\rlast_error_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\x129\n" +
+	"\n" +
+	"started_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\"D\n" +
 	"\x12ApplyConfigRequest\x12\x12\n" +
 	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x1a\n" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\"G\n" +
@@ -2907,7 +3483,7 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x06Delete\x12\x19.lattice.v1.DeleteRequest\x1a\x17.lattice.v1.PutResponse\x12>\n" +
 	"\aResolve\x12\x1a.lattice.v1.ResolveRequest\x1a\x17.lattice.v1.PutResponse\x12B\n" +
 	"\aHistory\x12\x1a.lattice.v1.HistoryRequest\x1a\x1b.lattice.v1.HistoryResponse\x12;\n" +
-	"\x05Watch\x12\x18.lattice.v1.WatchRequest\x1a\x16.lattice.v1.WatchEvent0\x012\x83\x06\n" +
+	"\x05Watch\x12\x18.lattice.v1.WatchRequest\x1a\x16.lattice.v1.WatchEvent0\x012\xdf\x06\n" +
 	"\aCluster\x12?\n" +
 	"\x06Status\x12\x19.lattice.v1.StatusRequest\x1a\x1a.lattice.v1.StatusResponse\x12B\n" +
 	"\aMembers\x12\x1a.lattice.v1.MembersRequest\x1a\x1b.lattice.v1.MembersResponse\x12N\n" +
@@ -2918,7 +3494,8 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\x11ReplayDeadLetters\x12\x19.lattice.v1.DeadLetterIDs\x1a\x1f.lattice.v1.DeadLettersResponse\x12P\n" +
 	"\x12DiscardDeadLetters\x12\x19.lattice.v1.DeadLetterIDs\x1a\x1f.lattice.v1.DeadLettersResponse\x12N\n" +
 	"\x0ePauseConnector\x12\x1c.lattice.v1.ConnectorRequest\x1a\x1e.lattice.v1.ConnectorPlacement\x12O\n" +
-	"\x0fResumeConnector\x12\x1c.lattice.v1.ConnectorRequest\x1a\x1e.lattice.v1.ConnectorPlacementB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
+	"\x0fResumeConnector\x12\x1c.lattice.v1.ConnectorRequest\x1a\x1e.lattice.v1.ConnectorPlacement\x12Z\n" +
+	"\x0fConnectorStatus\x12\".lattice.v1.ConnectorStatusRequest\x1a#.lattice.v1.ConnectorStatusResponseB:Z8github.com/lattice-sync/lattice/api/lattice/v1;latticev1b\x06proto3"
 
 var (
 	file_lattice_v1_lattice_proto_rawDescOnce sync.Once
@@ -2933,57 +3510,62 @@ func file_lattice_v1_lattice_proto_rawDescGZIP() []byte {
 }
 
 var file_lattice_v1_lattice_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
+var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
 var file_lattice_v1_lattice_proto_goTypes = []any{
-	(Fate)(0),                     // 0: lattice.v1.Fate
-	(*Value)(nil),                 // 1: lattice.v1.Value
-	(*Dot)(nil),                   // 2: lattice.v1.Dot
-	(*VersionVector)(nil),         // 3: lattice.v1.VersionVector
-	(*Version)(nil),               // 4: lattice.v1.Version
-	(*FieldState)(nil),            // 5: lattice.v1.FieldState
-	(*Record)(nil),                // 6: lattice.v1.Record
-	(*GetRequest)(nil),            // 7: lattice.v1.GetRequest
-	(*BatchGetRequest)(nil),       // 8: lattice.v1.BatchGetRequest
-	(*BatchGetResponse)(nil),      // 9: lattice.v1.BatchGetResponse
-	(*ListRequest)(nil),           // 10: lattice.v1.ListRequest
-	(*ListResponse)(nil),          // 11: lattice.v1.ListResponse
-	(*PutRequest)(nil),            // 12: lattice.v1.PutRequest
-	(*PutResponse)(nil),           // 13: lattice.v1.PutResponse
-	(*DeleteRequest)(nil),         // 14: lattice.v1.DeleteRequest
-	(*ResolveRequest)(nil),        // 15: lattice.v1.ResolveRequest
-	(*HistoryRequest)(nil),        // 16: lattice.v1.HistoryRequest
-	(*HistoryResponse)(nil),       // 17: lattice.v1.HistoryResponse
-	(*HistoryEntry)(nil),          // 18: lattice.v1.HistoryEntry
-	(*WatchRequest)(nil),          // 19: lattice.v1.WatchRequest
-	(*WatchEvent)(nil),            // 20: lattice.v1.WatchEvent
-	(*ConnectorRequest)(nil),      // 21: lattice.v1.ConnectorRequest
-	(*DeadLettersRequest)(nil),    // 22: lattice.v1.DeadLettersRequest
-	(*DeadLetterIDs)(nil),         // 23: lattice.v1.DeadLetterIDs
-	(*DeadLetter)(nil),            // 24: lattice.v1.DeadLetter
-	(*DeadLettersResponse)(nil),   // 25: lattice.v1.DeadLettersResponse
-	(*ApplyConfigRequest)(nil),    // 26: lattice.v1.ApplyConfigRequest
-	(*ApplyConfigResponse)(nil),   // 27: lattice.v1.ApplyConfigResponse
-	(*RemoveMemberRequest)(nil),   // 28: lattice.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),  // 29: lattice.v1.RemoveMemberResponse
-	(*LeaveRequest)(nil),          // 30: lattice.v1.LeaveRequest
-	(*LeaveResponse)(nil),         // 31: lattice.v1.LeaveResponse
-	(*StatusRequest)(nil),         // 32: lattice.v1.StatusRequest
-	(*StatusResponse)(nil),        // 33: lattice.v1.StatusResponse
-	(*ConnectorPlacement)(nil),    // 34: lattice.v1.ConnectorPlacement
-	(*MembersRequest)(nil),        // 35: lattice.v1.MembersRequest
-	(*MembersResponse)(nil),       // 36: lattice.v1.MembersResponse
-	(*Member)(nil),                // 37: lattice.v1.Member
-	nil,                           // 38: lattice.v1.VersionVector.EntriesEntry
-	nil,                           // 39: lattice.v1.PutRequest.FieldsEntry
-	(structpb.NullValue)(0),       // 40: google.protobuf.NullValue
-	(*timestamppb.Timestamp)(nil), // 41: google.protobuf.Timestamp
+	(Fate)(0),                       // 0: lattice.v1.Fate
+	(*Value)(nil),                   // 1: lattice.v1.Value
+	(*Dot)(nil),                     // 2: lattice.v1.Dot
+	(*VersionVector)(nil),           // 3: lattice.v1.VersionVector
+	(*Version)(nil),                 // 4: lattice.v1.Version
+	(*FieldState)(nil),              // 5: lattice.v1.FieldState
+	(*Record)(nil),                  // 6: lattice.v1.Record
+	(*GetRequest)(nil),              // 7: lattice.v1.GetRequest
+	(*BatchGetRequest)(nil),         // 8: lattice.v1.BatchGetRequest
+	(*BatchGetResponse)(nil),        // 9: lattice.v1.BatchGetResponse
+	(*ListRequest)(nil),             // 10: lattice.v1.ListRequest
+	(*ListResponse)(nil),            // 11: lattice.v1.ListResponse
+	(*PutRequest)(nil),              // 12: lattice.v1.PutRequest
+	(*PutResponse)(nil),             // 13: lattice.v1.PutResponse
+	(*DeleteRequest)(nil),           // 14: lattice.v1.DeleteRequest
+	(*ResolveRequest)(nil),          // 15: lattice.v1.ResolveRequest
+	(*HistoryRequest)(nil),          // 16: lattice.v1.HistoryRequest
+	(*HistoryResponse)(nil),         // 17: lattice.v1.HistoryResponse
+	(*HistoryEntry)(nil),            // 18: lattice.v1.HistoryEntry
+	(*WatchRequest)(nil),            // 19: lattice.v1.WatchRequest
+	(*WatchEvent)(nil),              // 20: lattice.v1.WatchEvent
+	(*ConnectorRequest)(nil),        // 21: lattice.v1.ConnectorRequest
+	(*DeadLettersRequest)(nil),      // 22: lattice.v1.DeadLettersRequest
+	(*DeadLetterIDs)(nil),           // 23: lattice.v1.DeadLetterIDs
+	(*DeadLetter)(nil),              // 24: lattice.v1.DeadLetter
+	(*DeadLettersResponse)(nil),     // 25: lattice.v1.DeadLettersResponse
+	(*ConnectorStatusRequest)(nil),  // 26: lattice.v1.ConnectorStatusRequest
+	(*ConnectorStatusResponse)(nil), // 27: lattice.v1.ConnectorStatusResponse
+	(*ConnectorStatus)(nil),         // 28: lattice.v1.ConnectorStatus
+	(*ConnectorRuntime)(nil),        // 29: lattice.v1.ConnectorRuntime
+	(*ConnectorReport)(nil),         // 30: lattice.v1.ConnectorReport
+	(*ApplyConfigRequest)(nil),      // 31: lattice.v1.ApplyConfigRequest
+	(*ApplyConfigResponse)(nil),     // 32: lattice.v1.ApplyConfigResponse
+	(*RemoveMemberRequest)(nil),     // 33: lattice.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),    // 34: lattice.v1.RemoveMemberResponse
+	(*LeaveRequest)(nil),            // 35: lattice.v1.LeaveRequest
+	(*LeaveResponse)(nil),           // 36: lattice.v1.LeaveResponse
+	(*StatusRequest)(nil),           // 37: lattice.v1.StatusRequest
+	(*StatusResponse)(nil),          // 38: lattice.v1.StatusResponse
+	(*ConnectorPlacement)(nil),      // 39: lattice.v1.ConnectorPlacement
+	(*MembersRequest)(nil),          // 40: lattice.v1.MembersRequest
+	(*MembersResponse)(nil),         // 41: lattice.v1.MembersResponse
+	(*Member)(nil),                  // 42: lattice.v1.Member
+	nil,                             // 43: lattice.v1.VersionVector.EntriesEntry
+	nil,                             // 44: lattice.v1.PutRequest.FieldsEntry
+	(structpb.NullValue)(0),         // 45: google.protobuf.NullValue
+	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
 }
 var file_lattice_v1_lattice_proto_depIdxs = []int32{
-	40, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
-	41, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
-	38, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
+	45, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
+	46, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
+	43, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
 	1,  // 3: lattice.v1.Version.value:type_name -> lattice.v1.Value
-	41, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
+	46, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
 	2,  // 5: lattice.v1.Version.dot:type_name -> lattice.v1.Dot
 	3,  // 6: lattice.v1.Version.context:type_name -> lattice.v1.VersionVector
 	1,  // 7: lattice.v1.FieldState.value:type_name -> lattice.v1.Value
@@ -2992,7 +3574,7 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	5,  // 10: lattice.v1.Record.fields:type_name -> lattice.v1.FieldState
 	6,  // 11: lattice.v1.BatchGetResponse.records:type_name -> lattice.v1.Record
 	6,  // 12: lattice.v1.ListResponse.records:type_name -> lattice.v1.Record
-	39, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
+	44, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
 	2,  // 14: lattice.v1.PutResponse.dot:type_name -> lattice.v1.Dot
 	6,  // 15: lattice.v1.PutResponse.record:type_name -> lattice.v1.Record
 	1,  // 16: lattice.v1.ResolveRequest.value:type_name -> lattice.v1.Value
@@ -3001,55 +3583,69 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	0,  // 19: lattice.v1.HistoryEntry.fate:type_name -> lattice.v1.Fate
 	2,  // 20: lattice.v1.HistoryEntry.by:type_name -> lattice.v1.Dot
 	6,  // 21: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
-	41, // 22: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
+	46, // 22: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
 	24, // 23: lattice.v1.DeadLettersResponse.entries:type_name -> lattice.v1.DeadLetter
-	3,  // 24: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
-	3,  // 25: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
-	34, // 26: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
-	37, // 27: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
-	3,  // 28: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
-	1,  // 29: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
-	7,  // 30: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
-	8,  // 31: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
-	10, // 32: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
-	12, // 33: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
-	14, // 34: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
-	15, // 35: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
-	16, // 36: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
-	19, // 37: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
-	32, // 38: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
-	35, // 39: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
-	26, // 40: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
-	28, // 41: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
-	30, // 42: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
-	22, // 43: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
-	23, // 44: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
-	23, // 45: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
-	21, // 46: lattice.v1.Cluster.PauseConnector:input_type -> lattice.v1.ConnectorRequest
-	21, // 47: lattice.v1.Cluster.ResumeConnector:input_type -> lattice.v1.ConnectorRequest
-	6,  // 48: lattice.v1.Records.Get:output_type -> lattice.v1.Record
-	9,  // 49: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
-	11, // 50: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
-	13, // 51: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
-	13, // 52: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
-	13, // 53: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
-	17, // 54: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
-	20, // 55: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
-	33, // 56: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
-	36, // 57: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
-	27, // 58: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
-	29, // 59: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
-	31, // 60: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
-	25, // 61: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	25, // 62: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	25, // 63: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	34, // 64: lattice.v1.Cluster.PauseConnector:output_type -> lattice.v1.ConnectorPlacement
-	34, // 65: lattice.v1.Cluster.ResumeConnector:output_type -> lattice.v1.ConnectorPlacement
-	48, // [48:66] is the sub-list for method output_type
-	30, // [30:48] is the sub-list for method input_type
-	30, // [30:30] is the sub-list for extension type_name
-	30, // [30:30] is the sub-list for extension extendee
-	0,  // [0:30] is the sub-list for field type_name
+	28, // 24: lattice.v1.ConnectorStatusResponse.connectors:type_name -> lattice.v1.ConnectorStatus
+	39, // 25: lattice.v1.ConnectorStatus.placement:type_name -> lattice.v1.ConnectorPlacement
+	29, // 26: lattice.v1.ConnectorStatus.runtime:type_name -> lattice.v1.ConnectorRuntime
+	46, // 27: lattice.v1.ConnectorRuntime.since:type_name -> google.protobuf.Timestamp
+	46, // 28: lattice.v1.ConnectorRuntime.last_exit_at:type_name -> google.protobuf.Timestamp
+	46, // 29: lattice.v1.ConnectorRuntime.next_retry:type_name -> google.protobuf.Timestamp
+	30, // 30: lattice.v1.ConnectorRuntime.report:type_name -> lattice.v1.ConnectorReport
+	3,  // 31: lattice.v1.ConnectorReport.projection_cursor:type_name -> lattice.v1.VersionVector
+	46, // 32: lattice.v1.ConnectorReport.last_capture:type_name -> google.protobuf.Timestamp
+	46, // 33: lattice.v1.ConnectorReport.last_projection:type_name -> google.protobuf.Timestamp
+	46, // 34: lattice.v1.ConnectorReport.last_error_at:type_name -> google.protobuf.Timestamp
+	46, // 35: lattice.v1.ConnectorReport.started_at:type_name -> google.protobuf.Timestamp
+	3,  // 36: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
+	3,  // 37: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
+	39, // 38: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
+	42, // 39: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
+	3,  // 40: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
+	1,  // 41: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
+	7,  // 42: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
+	8,  // 43: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
+	10, // 44: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
+	12, // 45: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
+	14, // 46: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
+	15, // 47: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
+	16, // 48: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
+	19, // 49: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
+	37, // 50: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
+	40, // 51: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
+	31, // 52: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
+	33, // 53: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
+	35, // 54: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
+	22, // 55: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
+	23, // 56: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	23, // 57: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	21, // 58: lattice.v1.Cluster.PauseConnector:input_type -> lattice.v1.ConnectorRequest
+	21, // 59: lattice.v1.Cluster.ResumeConnector:input_type -> lattice.v1.ConnectorRequest
+	26, // 60: lattice.v1.Cluster.ConnectorStatus:input_type -> lattice.v1.ConnectorStatusRequest
+	6,  // 61: lattice.v1.Records.Get:output_type -> lattice.v1.Record
+	9,  // 62: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
+	11, // 63: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
+	13, // 64: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
+	13, // 65: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
+	13, // 66: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
+	17, // 67: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
+	20, // 68: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
+	38, // 69: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
+	41, // 70: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
+	32, // 71: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
+	34, // 72: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
+	36, // 73: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
+	25, // 74: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	25, // 75: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	25, // 76: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	39, // 77: lattice.v1.Cluster.PauseConnector:output_type -> lattice.v1.ConnectorPlacement
+	39, // 78: lattice.v1.Cluster.ResumeConnector:output_type -> lattice.v1.ConnectorPlacement
+	27, // 79: lattice.v1.Cluster.ConnectorStatus:output_type -> lattice.v1.ConnectorStatusResponse
+	61, // [61:80] is the sub-list for method output_type
+	42, // [42:61] is the sub-list for method input_type
+	42, // [42:42] is the sub-list for extension type_name
+	42, // [42:42] is the sub-list for extension extendee
+	0,  // [0:42] is the sub-list for field type_name
 }
 
 func init() { file_lattice_v1_lattice_proto_init() }
@@ -3074,7 +3670,7 @@ func file_lattice_v1_lattice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lattice_v1_lattice_proto_rawDesc), len(file_lattice_v1_lattice_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   39,
+			NumMessages:   44,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -442,6 +442,7 @@ const (
 	Cluster_DiscardDeadLetters_FullMethodName = "/lattice.v1.Cluster/DiscardDeadLetters"
 	Cluster_PauseConnector_FullMethodName     = "/lattice.v1.Cluster/PauseConnector"
 	Cluster_ResumeConnector_FullMethodName    = "/lattice.v1.Cluster/ResumeConnector"
+	Cluster_ConnectorStatus_FullMethodName    = "/lattice.v1.Cluster/ConnectorStatus"
 )
 
 // ClusterClient is the client API for Cluster service.
@@ -474,6 +475,14 @@ type ClusterClient interface {
 	// ResumeConnector lets a paused connector run again; it resumes from its
 	// replication slot.
 	ResumeConnector(ctx context.Context, in *ConnectorRequest, opts ...grpc.CallOption) (*ConnectorPlacement, error)
+	// ConnectorStatus reports connectors as the control plane knows them
+	// (owner, epoch, pause, checkpoint, dead letters: from Raft) together with
+	// what the node running each knows of it (state, positions, lags, counts,
+	// errors). Any node answers: it asks each owner for its runtime view. An
+	// owner that cannot be asked does not fail the call: its connectors come
+	// back with owner_unreachable set and the placement alone. An unknown
+	// connector name is NOT_FOUND.
+	ConnectorStatus(ctx context.Context, in *ConnectorStatusRequest, opts ...grpc.CallOption) (*ConnectorStatusResponse, error)
 }
 
 type clusterClient struct {
@@ -584,6 +593,16 @@ func (c *clusterClient) ResumeConnector(ctx context.Context, in *ConnectorReques
 	return out, nil
 }
 
+func (c *clusterClient) ConnectorStatus(ctx context.Context, in *ConnectorStatusRequest, opts ...grpc.CallOption) (*ConnectorStatusResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ConnectorStatusResponse)
+	err := c.cc.Invoke(ctx, Cluster_ConnectorStatus_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClusterServer is the server API for Cluster service.
 // All implementations must embed UnimplementedClusterServer
 // for forward compatibility.
@@ -614,6 +633,14 @@ type ClusterServer interface {
 	// ResumeConnector lets a paused connector run again; it resumes from its
 	// replication slot.
 	ResumeConnector(context.Context, *ConnectorRequest) (*ConnectorPlacement, error)
+	// ConnectorStatus reports connectors as the control plane knows them
+	// (owner, epoch, pause, checkpoint, dead letters: from Raft) together with
+	// what the node running each knows of it (state, positions, lags, counts,
+	// errors). Any node answers: it asks each owner for its runtime view. An
+	// owner that cannot be asked does not fail the call: its connectors come
+	// back with owner_unreachable set and the placement alone. An unknown
+	// connector name is NOT_FOUND.
+	ConnectorStatus(context.Context, *ConnectorStatusRequest) (*ConnectorStatusResponse, error)
 	mustEmbedUnimplementedClusterServer()
 }
 
@@ -653,6 +680,9 @@ func (UnimplementedClusterServer) PauseConnector(context.Context, *ConnectorRequ
 }
 func (UnimplementedClusterServer) ResumeConnector(context.Context, *ConnectorRequest) (*ConnectorPlacement, error) {
 	return nil, status.Error(codes.Unimplemented, "method ResumeConnector not implemented")
+}
+func (UnimplementedClusterServer) ConnectorStatus(context.Context, *ConnectorStatusRequest) (*ConnectorStatusResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ConnectorStatus not implemented")
 }
 func (UnimplementedClusterServer) mustEmbedUnimplementedClusterServer() {}
 func (UnimplementedClusterServer) testEmbeddedByValue()                 {}
@@ -855,6 +885,24 @@ func _Cluster_ResumeConnector_Handler(srv interface{}, ctx context.Context, dec 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Cluster_ConnectorStatus_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ConnectorStatusRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClusterServer).ConnectorStatus(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Cluster_ConnectorStatus_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClusterServer).ConnectorStatus(ctx, req.(*ConnectorStatusRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Cluster_ServiceDesc is the grpc.ServiceDesc for Cluster service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -901,6 +949,10 @@ var Cluster_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ResumeConnector",
 			Handler:    _Cluster_ResumeConnector_Handler,
+		},
+		{
+			MethodName: "ConnectorStatus",
+			Handler:    _Cluster_ConnectorStatus_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,111 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lattice-sync/lattice/connectors/postgres"
+	"github.com/lattice-sync/lattice/connectors/postgres/pgtest"
+	"github.com/lattice-sync/lattice/crdt"
+	"github.com/lattice-sync/lattice/storage"
+)
+
+// lagRecorder keeps every capture lag the connector reports.
+type lagRecorder struct {
+	mu   sync.Mutex
+	lags []time.Duration
+	n    int
+}
+
+func (l *lagRecorder) Captured(_ string, edits int, lag time.Duration) {
+	l.mu.Lock()
+	l.lags = append(l.lags, lag)
+	l.n += edits
+	l.mu.Unlock()
+}
+func (l *lagRecorder) Projected(string, time.Duration) {}
+func (l *lagRecorder) Resnapshot(string, string)       {}
+
+// BenchmarkCaptureLag measures capture alone, in process: from a commit in
+// PostgreSQL (pgbench, single-row UPDATEs at a fixed rate) to its edits
+// being durable in a store (one node, no cluster, no projection).
+//
+//	go test ./connectors/postgres/ -run '^$' -bench CaptureLag -benchtime 1x
+func BenchmarkCaptureLag(b *testing.B) {
+	src := pgtest.Start(b)
+	bin, err := pgtest.Bin()
+	if err != nil {
+		b.Fatal(err)
+	}
+	src.CreateDB(b, "crm")
+	src.Exec(b, "crm", `CREATE TABLE customers (customer_id int PRIMARY KEY, full_name text, email_address text, phone text)`)
+	src.Exec(b, "crm", `INSERT INTO customers SELECT i, 'name '||i, 'c'||i||'@example.com', '0' FROM generate_series(1, 1000) i`)
+	sch, err := crdt.ParseSchema("s.yaml", []byte(schemaYAML))
+	if err != nil {
+		b.Fatal(err)
+	}
+	scfg := storage.DefaultConfig(b.TempDir(), "n1")
+	scfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	store, err := storage.Open(scfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	cfg, err := postgres.ParseConfig("crm", map[string]any{"kind": "postgres", "dsn": src.DSN("crm"), "project": false,
+		"tables": map[string]any{"customers": map[string]any{"entity": "contact", "key": []any{"customer_id"},
+			"columns": map[string]any{"full_name": "name", "email_address": "email", "phone": "phone"}}}}, sch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rec := &lagRecorder{}
+	c := postgres.New(cfg, store, staticSchema{sch}, slog.New(slog.NewTextHandler(io.Discard, nil)), postgres.WithObserver(rec))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	for store.Applied().Get("n1") < 1000 { // the initial snapshot
+		time.Sleep(50 * time.Millisecond)
+	}
+	script := filepath.Join(b.TempDir(), "update.sql")
+	os.WriteFile(script, []byte("\\set id random(1, 1000)\nUPDATE customers SET phone = :id || '-' || random() WHERE customer_id = :id;\n"), 0o644)
+	os.Chmod(filepath.Dir(script), 0o755)
+	for _, rate := range []int{1000, 4000} {
+		rec.reset()
+		out, err := exec.Command(filepath.Join(bin, "pgbench"), "-n", "-h", "127.0.0.1", "-p", strconv.Itoa(src.Port), "-U", "postgres",
+			"-f", script, "-R", strconv.Itoa(rate), "-T", "5", "-c", "8", "-j", "2", "crm").CombinedOutput()
+		if err != nil {
+			b.Fatalf("pgbench: %v\n%s", err, out)
+		}
+		time.Sleep(time.Second)
+		p50, p99, groups, edits := rec.stats()
+		fmt.Printf("capture only, %d updates/s offered (%s): %d edits in %d groups, group lag p50 %v, p99 %v\n",
+			rate, lastLine(string(out)), edits, groups, p50, p99)
+	}
+}
+
+func (l *lagRecorder) reset() {
+	l.mu.Lock()
+	l.lags, l.n = nil, 0
+	l.mu.Unlock()
+}
+
+func (l *lagRecorder) stats() (p50, p99 time.Duration, groups, edits int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	s := append([]time.Duration(nil), l.lags...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	if len(s) == 0 {
+		return 0, 0, 0, l.n
+	}
+	return s[len(s)/2], s[len(s)*99/100], len(s), l.n
+}
