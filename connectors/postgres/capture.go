@@ -654,8 +654,19 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 					tx.echo = true
 				}
 			case *pglogrepl.LogicalDecodingMessageV2:
-				if m.Prefix == messagePrefix {
-					// What lattice projected into a row, at its place in the stream.
+				// What lattice projected into rows, at its place in the stream.
+				switch m.Prefix {
+				case marksPrefix:
+					marks, err := decodeMarks(m.Content)
+					if err != nil {
+						c.log.Warn("projection message in the stream does not decode", "err", err)
+						c.stats().fail(err)
+					}
+					for _, mk := range marks {
+						c.observe(mk.entity, mk.id, mk.ctx)
+						tx.projected = append(tx.projected, [2]string{mk.entity, mk.id})
+					}
+				case legacyPrefix:
 					if entity, id, ok := c.observeProjection(m.Content); ok {
 						tx.projected = append(tx.projected, [2]string{entity, id})
 					}

@@ -23,9 +23,6 @@ import (
 // ErrWalLevel is returned when the database cannot do logical replication.
 var ErrWalLevel = errors.New("wal_level is not logical")
 
-// messagePrefix marks the logical message each projection carries.
-const messagePrefix = "lattice"
-
 // Connector syncs one PostgreSQL database with a node's store.
 type Connector struct {
 	cfg    *Config
@@ -609,9 +606,9 @@ func (c *Connector) rowChange(rel uint32, tuple *pglogrepl.TupleData, deleted bo
 	return ch, true
 }
 
-// observeProjection reads a projection's message (entity, id and the
-// record context it wrote) and records that the row has seen that context.
-// It returns the row's key.
+// observeProjection reads a one-record projection message of earlier
+// versions (entity, id and the record context it wrote; see marks.go) and
+// records that the row has seen that context. It returns the row's key.
 func (c *Connector) observeProjection(content []byte) (string, string, bool) {
 	parts := strings.SplitN(string(content), "\x00", 3)
 	if len(parts) != 3 {

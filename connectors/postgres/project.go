@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"sort"
@@ -215,7 +214,7 @@ func (c *Connector) projectAll(ctx context.Context, conn *pgx.Conn) error {
 // projection is the SQL that writes one record's resolved state.
 type projection struct {
 	entity, id string
-	msg        string
+	token      []byte // the record context it writes (crdt.EncodeToken)
 	q          string
 	args       []any
 	rec        *crdt.Record
@@ -241,6 +240,9 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
 	}
 	defer tx.Rollback(context.Background())
+	if err := c.execMarks(tctx, tx, []*projection{p}); err != nil {
+		return err
+	}
 	if err := c.execProjection(tctx, tx, p); err != nil {
 		return err
 	}
@@ -309,7 +311,7 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 			if _, err := tx.Exec(tctx, "ROLLBACK TO SAVEPOINT lattice_record"); err != nil {
 				return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
 			}
-			c.unechoed(p.entity, p.id, -1) // its message was rolled back too
+			c.unechoed(p.entity, p.id, -1) // not written: no mark for it
 			if err := c.deadLetter(ctx, connectors.DirectionProject, p.entity, p.id, refused.err); err != nil {
 				return err
 			}
@@ -320,6 +322,11 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 				return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
 			}
 			done = append(done, p)
+		}
+	}
+	if len(done) > 0 {
+		if err := c.execMarks(tctx, tx, done); err != nil {
+			return err
 		}
 	}
 	if err := tx.Commit(tctx); err != nil {
@@ -337,8 +344,8 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 func (c *Connector) pipeline(ctx context.Context, conn *pgx.Conn, ps []*projection) (bool, error) {
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
+	b.Queue(emitMarks, marksPrefix, appendMarks(nil, ps))
 	for _, p := range ps {
-		b.Queue("SELECT pg_logical_emit_message(true, $1, $2::bytea)", messagePrefix, []byte(p.msg))
 		b.Queue(p.q, p.args...)
 	}
 	b.Queue("COMMIT")
@@ -364,11 +371,20 @@ func (c *Connector) pipeline(ctx context.Context, conn *pgx.Conn, ps []*projecti
 	return false, fmt.Errorf("connector %s: projection: %w", c.cfg.Name, failed)
 }
 
-// execProjection runs one record's projection inside tx.
-func (c *Connector) execProjection(ctx context.Context, tx pgx.Tx, p *projection) error {
-	if _, err := tx.Exec(ctx, "SELECT pg_logical_emit_message(true, $1, $2::bytea)", messagePrefix, []byte(p.msg)); err != nil {
+// emitMarks writes a projection message into the transaction's WAL.
+const emitMarks = "SELECT pg_logical_emit_message(true, $1, $2::bytea)"
+
+// execMarks writes the projection message for ps inside tx.
+func (c *Connector) execMarks(ctx context.Context, tx pgx.Tx, ps []*projection) error {
+	if _, err := tx.Exec(ctx, emitMarks, marksPrefix, appendMarks(nil, ps)); err != nil {
 		return fmt.Errorf("connector %s: projection message: %w", c.cfg.Name, err)
 	}
+	return nil
+}
+
+// execProjection runs one record's projection inside tx (its mark is
+// written separately, by execMarks).
+func (c *Connector) execProjection(ctx context.Context, tx pgx.Tx, p *projection) error {
 	if _, err := tx.Exec(ctx, p.q, p.args...); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) && permanent(pgErr) {
@@ -436,7 +452,6 @@ func (c *Connector) build(entity, id string) (*projection, error) {
 		args = append(args, v)
 		return fmt.Sprintf("CAST($%d::text AS %s)", len(args), types[col])
 	}
-	msg := entity + "\x00" + id + "\x00" + base64.RawURLEncoding.EncodeToString(crdt.EncodeToken(rec.Context))
 	var q string
 	if deleted {
 		var where []string
@@ -480,7 +495,7 @@ func (c *Connector) build(entity, id string) (*projection, error) {
 				table, strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keyCols, ", "))
 		}
 	}
-	return &projection{entity: entity, id: id, msg: msg, q: q, args: args, rec: rec}, nil
+	return &projection{entity: entity, id: id, token: crdt.EncodeToken(rec.Context), q: q, args: args, rec: rec}, nil
 }
 
 // refusedError is a projection the database refused for good (constraint
