@@ -23,11 +23,16 @@ import (
 
 // BenchmarkPropagationVsNative measures commit-in-source to commit-in-target
 // latency for lattice (crm -> three-node cluster -> billing) and, in the same
-// run under the same load, PostgreSQL's own logical replication between the
-// same two instances (crm_native -> billing_native). pgbench drives both
-// sources at once; a trigger in each target records when each update lands.
+// run, PostgreSQL's own logical replication between the same two instances
+// (crm_native -> billing_native). The two systems take turns under the same
+// pgbench load (single-row UPDATEs of a random row of 1,000 at a fixed
+// rate), interleaved, LATTICE_BENCH_REPS times (default 2); a trigger in
+// each target records when each update lands. Then, for each system: the
+// highest rate pgbench sustains (no -R) and the lag under it, and the rate a
+// backlog of 20,000 updates drains at once capture (lattice: the crm
+// connector paused; native: the subscription disabled) resumes.
 //
-//	go test ./connectors/postgres/ -run '^$' -bench PropagationVsNative -benchtime 1x
+//	go test ./connectors/postgres/ -run '^$' -bench PropagationVsNative -benchtime 1x -timeout 30m
 func BenchmarkPropagationVsNative(b *testing.B) {
 	src, dst := pgtest.Start(b), pgtest.Start(b)
 	bin, err := pgtest.Bin()
@@ -96,48 +101,156 @@ connectors:
 	}
 	os.Chmod(filepath.Dir(script), 0o755)
 	os.Chmod(script, 0o644)
-	for _, rate := range []int{1000, 4000} {
-		for _, db := range []string{"billing", "billing_native"} {
-			dst.Exec(b, db, "TRUNCATE arrivals")
+
+	type system struct {
+		name, srcDB, dstDB string
+		// sums are the source's and the target's (key, phone, sent_at) checksums.
+		srcSum, dstSum string
+	}
+	systems := []system{
+		{"lattice", "crm", "billing", "SELECT md5(string_agg(customer_id||':'||phone||':'||extract(epoch FROM sent_at), ',' ORDER BY customer_id)) FROM customers",
+			"SELECT md5(string_agg(client_ref||':'||tel||':'||extract(epoch FROM sent_at), ',' ORDER BY client_ref)) FROM clients"},
+		{"native", "crm_native", "billing_native", "SELECT md5(string_agg(customer_id||':'||phone||':'||extract(epoch FROM sent_at), ',' ORDER BY customer_id)) FROM customers",
+			"SELECT md5(string_agg(customer_id||':'||phone||':'||extract(epoch FROM sent_at), ',' ORDER BY customer_id)) FROM customers"},
+	}
+	pgbench := func(db string, args ...string) string {
+		all := append([]string{"-n", "-h", "127.0.0.1", "-p", strconv.Itoa(src.Port), "-U", "postgres", "-f", script}, args...)
+		out, err := exec.Command(filepath.Join(bin, "pgbench"), append(all, db)...).CombinedOutput()
+		if err != nil {
+			logf(b, "pgbench on %s: %v: %s", db, err, lastLine(string(out)))
 		}
-		// Both sources under the same offered load at the same time.
-		run := func(db string) *exec.Cmd {
-			return exec.Command(filepath.Join(bin, "pgbench"), "-n", "-h", "127.0.0.1", "-p", strconv.Itoa(src.Port), "-U", "postgres",
-				"-f", script, "-R", strconv.Itoa(rate), "-T", "10", "-c", "8", "-j", "2", db)
-		}
-		a, n := run("crm"), run("crm_native")
-		var aout, nout strings.Builder
-		a.Stdout, a.Stderr, n.Stdout, n.Stderr = &aout, &aout, &nout, &nout
-		if err := a.Start(); err != nil {
-			b.Fatal(err)
-		}
-		profiles := profileNodes(b, c, fmt.Sprintf("%d", rate))
-		before := scrapeHist(b, c)
-		if err := n.Start(); err != nil {
-			b.Fatal(err)
-		}
-		if err := a.Wait(); err != nil {
-			logf(b, "pgbench on crm: %v", err)
-		}
-		if err := n.Wait(); err != nil {
-			logf(b, "pgbench on crm_native: %v", err)
-		}
-		logf(b, "pgbench crm: %s", lastLine(aout.String()))
-		logf(b, "pgbench crm_native: %s", lastLine(nout.String()))
-		<-profiles
-		time.Sleep(5 * time.Second) // drain
-		logStages(b, before, scrapeHist(b, c))
-		for _, db := range []string{"billing", "billing_native"} {
-			r := query(b, dst, db, `SELECT count(*),
-				round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM arrived_at - sent_at)) * 1000)::numeric, 2)::float8,
-				round((percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM arrived_at - sent_at)) * 1000)::numeric, 2)::float8,
-				round((max(extract(epoch FROM arrived_at - sent_at)) * 1000)::numeric, 2)::float8 FROM arrivals`)
-			name := "lattice"
-			if db == "billing_native" {
-				name = "native"
+		return lastLine(string(out))
+	}
+	// caughtUp waits until the target holds the source's rows.
+	caughtUp := func(sys system, limit time.Duration) (time.Duration, bool) {
+		start := time.Now()
+		want := query(b, src, sys.srcDB, sys.srcSum)[0]
+		for time.Since(start) < limit {
+			if query(b, dst, sys.dstDB, sys.dstSum)[0] == want {
+				return time.Since(start), true
 			}
-			logf(b, "%d updates/s offered for 10 s, %s: arrivals, p50 ms, p99 ms, max ms = %s", rate, name, r[0])
+			time.Sleep(20 * time.Millisecond)
 		}
+		return time.Since(start), false
+	}
+	type result struct{ n, p50, p99, max float64 }
+	measure := func(sys system, from string) result {
+		r := query(b, dst, sys.dstDB, `SELECT count(*),
+			coalesce(round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM arrived_at - sent_at)) * 1000)::numeric, 2)::float8, 0),
+			coalesce(round((percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM arrived_at - sent_at)) * 1000)::numeric, 2)::float8, 0),
+			coalesce(round((max(extract(epoch FROM arrived_at - sent_at)) * 1000)::numeric, 2)::float8, 0) FROM arrivals WHERE sent_at >= `+from)
+		f := strings.Fields(r[0])
+		var out result
+		for i, p := range []*float64{&out.n, &out.p50, &out.p99, &out.max} {
+			*p, _ = strconv.ParseFloat(f[i], 64)
+		}
+		return out
+	}
+	// run offers one rate (0: as fast as pgbench goes) to one system for d.
+	run := func(sys system, rate int, d time.Duration, tag, file string) result {
+		dst.Exec(b, sys.dstDB, "TRUNCATE arrivals")
+		args := []string{"-T", strconv.Itoa(int(d.Seconds())), "-c", "8", "-j", "2"}
+		if rate > 0 {
+			args = append(args, "-R", strconv.Itoa(rate))
+		}
+		var profiles chan struct{}
+		var before map[string]hist
+		if sys.name == "lattice" {
+			profiles = profileNodes(b, c, file)
+			before = scrapeHist(b, c)
+		}
+		tps := pgbench(sys.srcDB, args...)
+		if took, ok := caughtUp(sys, 30*time.Second); !ok {
+			logf(b, "%s: target not caught up %v after the load", sys.name, took)
+			if sys.name == "lattice" {
+				benchDiff(b, src, dst, c)
+			}
+		}
+		if profiles != nil {
+			<-profiles
+			logStages(b, before, scrapeHist(b, c))
+		}
+		res := measure(sys, "'-infinity'")
+		logf(b, "%s, %s: pgbench %s; arrivals %v, p50 %.2f ms, p99 %.2f ms, max %.2f ms", tag, sys.name, tps, res.n, res.p50, res.p99, res.max)
+		return res
+	}
+
+	reps := 2
+	if v, err := strconv.Atoi(os.Getenv("LATTICE_BENCH_REPS")); err == nil && v > 0 {
+		reps = v
+	}
+	results := map[string][]result{}
+	for rep := 1; rep <= reps; rep++ {
+		for _, rate := range []int{1000, 4000} {
+			for _, sys := range systems {
+				tag := fmt.Sprintf("rep %d, %d updates/s", rep, rate)
+				results[fmt.Sprintf("%d %s", rate, sys.name)] = append(results[fmt.Sprintf("%d %s", rate, sys.name)], run(sys, rate, 10*time.Second, tag, fmt.Sprintf("r%d-%d", rep, rate)))
+			}
+		}
+	}
+	median := func(rs []result, f func(result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		sort.Float64s(v)
+		if len(v)%2 == 1 {
+			return v[len(v)/2]
+		}
+		return (v[len(v)/2-1] + v[len(v)/2]) / 2
+	}
+	for _, rate := range []int{1000, 4000} {
+		l, n := results[fmt.Sprintf("%d lattice", rate)], results[fmt.Sprintf("%d native", rate)]
+		lp50, lp99 := median(l, func(r result) float64 { return r.p50 }), median(l, func(r result) float64 { return r.p99 })
+		np50, np99 := median(n, func(r result) float64 { return r.p50 }), median(n, func(r result) float64 { return r.p99 })
+		logf(b, "SUMMARY %d updates/s offered, median of %d: lattice p50 %.2f ms p99 %.2f ms; native p50 %.2f ms p99 %.2f ms; ratio p50 %.1fx p99 %.1fx",
+			rate, reps, lp50, lp99, np50, np99, lp50/np50, lp99/np99)
+	}
+
+	// Highest sustained rate: pgbench as fast as it goes for 15 s; the lag
+	// of the last 5 s shows whether it keeps up.
+	for _, sys := range systems {
+		dst.Exec(b, sys.dstDB, "TRUNCATE arrivals")
+		start := time.Now()
+		tps := pgbench(sys.srcDB, "-T", "15", "-c", "16", "-j", "2")
+		took, ok := caughtUp(sys, 60*time.Second)
+		if !ok && sys.name == "lattice" {
+			benchDiff(b, src, dst, c)
+		}
+		all := measure(sys, "'-infinity'")
+		last := measure(sys, "'"+start.Add(10*time.Second).UTC().Format(time.RFC3339Nano)+"'")
+		logf(b, "SUMMARY highest rate, %s: pgbench %s; arrivals %v, p50 %.2f ms, p99 %.2f ms; last 5 s p50 %.2f ms, p99 %.2f ms; caught up %v after the load (%v)",
+			sys.name, tps, all.n, all.p50, all.p99, last.p50, last.p99, took.Round(time.Millisecond), ok)
+	}
+
+	// Backlog drain: 20,000 updates while capture is stopped, then the time
+	// from resuming until the target holds the source's rows.
+	const burst = 20000
+	ctx := context.Background()
+	for _, sys := range systems {
+		switch sys.name {
+		case "lattice":
+			if _, err := c.Nodes[0].Cluster().PauseConnector(ctx, &pb.ConnectorRequest{Connector: "crm"}); err != nil {
+				b.Fatal(err)
+			}
+		case "native":
+			dst.Exec(b, "billing_native", "ALTER SUBSCRIPTION native_sub DISABLE")
+		}
+		time.Sleep(2 * time.Second) // the capture side stops
+		tps := pgbench(sys.srcDB, "-t", strconv.Itoa(burst/8), "-c", "8", "-j", "2")
+		start := time.Now()
+		switch sys.name {
+		case "lattice":
+			if _, err := c.Nodes[0].Cluster().ResumeConnector(ctx, &pb.ConnectorRequest{Connector: "crm"}); err != nil {
+				b.Fatal(err)
+			}
+		case "native":
+			dst.Exec(b, "billing_native", "ALTER SUBSCRIPTION native_sub ENABLE")
+		}
+		took, ok := caughtUp(sys, 120*time.Second)
+		took = time.Since(start)
+		logf(b, "SUMMARY backlog drain, %s: %d updates (pgbench %s) drained in %v: %.0f updates/s (caught up: %v)",
+			sys.name, burst, tps, took.Round(time.Millisecond), burst/took.Seconds(), ok)
 	}
 }
 
@@ -270,4 +383,27 @@ func logStages(b *testing.B, before, after map[string]hist) {
 // truncated after a few lines) and to the benchmark's log.
 func logf(b *testing.B, format string, args ...any) {
 	fmt.Printf(format+"\n", args...)
+}
+
+// benchDiff logs the first rows where crm and billing differ, with the
+// record as the cluster holds it, and saves the nodes' logs.
+func benchDiff(b *testing.B, src, dst *pgtest.Server, c *clustertest.Cluster) {
+	ra := query(b, src, "crm", "SELECT customer_id, phone, extract(epoch FROM sent_at) FROM customers ORDER BY 1")
+	rb := query(b, dst, "billing", "SELECT client_ref, tel, extract(epoch FROM sent_at) FROM clients ORDER BY 1")
+	n := 0
+	for i := range ra {
+		if i < len(rb) && ra[i] != rb[i] && n < 5 {
+			id := strings.Fields(ra[i])[0]
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			rec, err := c.Nodes[0].Records().Get(ctx, &pb.GetRequest{Entity: "contact", Id: id})
+			cancel()
+			logf(b, "differs: crm %s | billing %s | cluster %v %v", ra[i], rb[i], rec, err)
+			n++
+		}
+	}
+	if dir := os.Getenv("LATTICE_BENCH_PROFILE"); dir != "" {
+		for _, nd := range c.Nodes {
+			os.WriteFile(filepath.Join(dir, nd.ID+".log"), []byte(nd.Logs()), 0o644)
+		}
+	}
 }

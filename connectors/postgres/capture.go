@@ -544,7 +544,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			return nil
 		}
 		g := c.enqueue(ctx, pending)
-		g.pos, g.oldest = pos, oldest
+		g.pos, g.oldest, g.live = pos, oldest, true
 		select {
 		case inflight <- g:
 			nInflight++
@@ -714,6 +714,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			ch.at = tx.at
 			if d, ok := c.diff(ch); ok {
 				d.seen = c.seenOf(ch.table.Entity, ch.id)
+				c.capturing(d.table.Entity, d.id, 1)
 				if len(pending) == 0 {
 					oldest, gathering = tx.at, time.Now()
 				}

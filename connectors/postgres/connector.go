@@ -50,7 +50,17 @@ type Connector struct {
 		// stream has not shown yet: until it has, rows lags the database
 		// and cannot tell what the row holds.
 		unechoed map[string]int
+		// capturing counts, per row, native changes decoded from the stream
+		// and not yet durable: the row holds something newer than the store
+		// shows, so projecting the store's state would put an older value
+		// back. Such a row is deferred and projected again once its
+		// captures are durable.
+		capturing map[string]int
+		deferred  map[string]bool
+		recheck   [][2]string
 	}
+	// recheckC signals the projector that deferred rows are ready (mu.recheck).
+	recheckC chan struct{}
 	// ready is closed once capture has its slot and initial snapshot, so
 	// projection never writes rows the snapshot would read back as native.
 	ready    chan struct{}
@@ -121,6 +131,9 @@ func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log 
 	c.mu.rows = map[string]map[string]crdt.Value{}
 	c.mu.deleted = map[string]bool{}
 	c.mu.unechoed = map[string]int{}
+	c.mu.capturing = map[string]int{}
+	c.mu.deferred = map[string]bool{}
+	c.recheckC = make(chan struct{}, 1)
 	c.ready = make(chan struct{})
 	return c
 }
@@ -338,6 +351,7 @@ type group struct {
 	queued  []int     // index into changes of each queued write
 	bad     []error   // per change: refused before it could be queued
 	pos     position  // stream position after the group's last change
+	live    bool      // from the stream: each change counted in capturing
 	oldest  time.Time // commit time of the oldest transaction in the group
 }
 
@@ -460,6 +474,11 @@ func (c *Connector) complete(ctx context.Context, g *group) error {
 			c.observe(r.Edit.Entity, r.Edit.ID, vv)
 		}
 	}
+	if g.live {
+		for _, ch := range g.changes {
+			c.capturing(ch.table.Entity, ch.id, -1)
+		}
+	}
 	for i, err := range g.bad {
 		if err == nil {
 			continue
@@ -535,6 +554,12 @@ func (c *Connector) holds(entity, id string, values map[string]crdt.Value, delet
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := rowKey(entity, id)
+	if c.mu.capturing[k] != 0 {
+		// The row changed in the database and the change is not in the
+		// store yet: not now (see capturing).
+		c.mu.deferred[k] = true
+		return true
+	}
 	if c.mu.unechoed[k] != 0 {
 		// A projection of the row is on its way through the stream: what
 		// the stream showed is older than what the row holds.
@@ -553,6 +578,40 @@ func (c *Connector) holds(entity, id string, values map[string]crdt.Value, delet
 		}
 	}
 	return true
+}
+
+// capturing records that n native changes of a row were decoded (n > 0)
+// or made durable (n < 0). A deferred row whose captures are all durable is
+// handed to the projector.
+func (c *Connector) capturing(entity, id string, n int) {
+	c.mu.Lock()
+	k := rowKey(entity, id)
+	c.mu.capturing[k] += n
+	ready := false
+	if c.mu.capturing[k] <= 0 {
+		delete(c.mu.capturing, k)
+		if c.mu.deferred[k] {
+			delete(c.mu.deferred, k)
+			c.mu.recheck = append(c.mu.recheck, [2]string{entity, id})
+			ready = true
+		}
+	}
+	c.mu.Unlock()
+	if ready {
+		select {
+		case c.recheckC <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// takeRecheck returns the deferred rows ready to be projected again.
+func (c *Connector) takeRecheck() [][2]string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := c.mu.recheck
+	c.mu.recheck = nil
+	return out
 }
 
 // unechoed records that n projections of a row were sent (n > 0) or that

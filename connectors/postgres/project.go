@@ -61,6 +61,16 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 				return err
 			}
 			continue
+		case <-c.recheckC:
+			// Rows deferred while their own changes were being captured.
+			for recs := c.takeRecheck(); len(recs) > 0; {
+				n := min(len(recs), 500)
+				if err := c.projectBatch(ctx, conn, recs[:n]); err != nil {
+					return err
+				}
+				recs = recs[n:]
+			}
+			continue
 		case e, ok := <-sub.C():
 			if !ok {
 				if !sub.Lagged() {

@@ -461,3 +461,73 @@ func putFields(ent *crdt.Entity, fields map[string]string) storage.PrepareFunc {
 		return ent.PreparePut(rec, vals, crdt.EditContext{Applied: env.Applied})
 	}
 }
+
+// TestNoStaleProjectionIntoSource: while a database's own changes of a row
+// are still being captured, the store holds an older state of the row;
+// projection must not write that older state back into the database. Under
+// a burst of updates of a few rows, a connector with only its own database
+// writes nothing into it.
+func TestNoStaleProjectionIntoSource(t *testing.T) {
+	e := setup(t)
+	e.crm.Exec(t, "crm", `INSERT INTO customers SELECT i, 'n'||i, NULL, '0' FROM generate_series(1, 20) i`)
+	cfg, err := postgres.ParseConfig("crm", map[string]any{"kind": "postgres", "dsn": e.crm.DSN("crm"),
+		"tables": map[string]any{"customers": map[string]any{"entity": "contact", "key": []any{"customer_id"},
+			"columns": map[string]any{"full_name": "name", "email_address": "email", "phone": "phone"}}}}, e.schema.s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := postgres.New(cfg, e.store, e.schema, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})), postgres.WithReport())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	eventually(t, "snapshot captured", func() (bool, string) { return e.name(t, "20") == "n20", e.name(t, "20") })
+	start := c.Report().ProjectedRecords
+	// Many updates of few rows, from several sessions at once.
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			conn, err := pgconn.Connect(ctx, e.crm.DSN("crm"))
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			defer conn.Close(context.Background())
+			for i := 0; i < 300; i++ {
+				q := fmt.Sprintf("UPDATE customers SET phone = '%d-%d' WHERE customer_id = %d", w, i, 1+(i*7+w)%20)
+				if _, err := conn.Exec(ctx, q).ReadAll(); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	want := query(t, e.crm, "crm", `SELECT customer_id, phone FROM customers ORDER BY 1`)
+	eventually(t, "store holds the last phone of every row", func() (bool, string) {
+		for _, r := range want {
+			f := strings.Fields(r)
+			rec, err := e.store.Get("contact", f[0])
+			if err != nil {
+				return false, err.Error()
+			}
+			ent, _ := e.schema.s.Entity("contact")
+			fields, _ := ent.View(rec)
+			for _, fv := range fields {
+				if fv.Name == "phone" && fv.Value.Str() != f[1] {
+					return false, fmt.Sprintf("row %s: store %q, database %q", f[0], fv.Value.Str(), f[1])
+				}
+			}
+		}
+		return true, ""
+	})
+	time.Sleep(500 * time.Millisecond)
+	if got := query(t, e.crm, "crm", `SELECT customer_id, phone FROM customers ORDER BY 1`); strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("the database changed after its own updates ended (projection wrote into it):\nbefore %v\nafter  %v", want, got)
+	}
+	if n := c.Report().ProjectedRecords - start; n != 0 {
+		t.Errorf("%d records were projected into the database whose own changes they were", n)
+	}
+}
