@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -225,6 +226,9 @@ func (c *Connector) projectAll(ctx context.Context, conn *pgx.Conn) error {
 type projection struct {
 	entity, id string
 	token      []byte // the record context it writes (crdt.EncodeToken)
+	table      *Table
+	deleted    bool
+	vals       []any // key values, then valueColumns' values (nil: NULL)
 	q          string
 	args       []any
 	rec        *crdt.Record
@@ -355,8 +359,8 @@ func (c *Connector) pipeline(ctx context.Context, conn *pgx.Conn, ps []*projecti
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(emitMarks, marksPrefix, appendMarks(nil, ps))
-	for _, p := range ps {
-		b.Queue(p.q, p.args...)
+	for _, st := range c.statements(ps) {
+		b.Queue(st.SQL, st.Arguments...)
 	}
 	b.Queue("COMMIT")
 	res := conn.SendBatch(ctx, b)
@@ -455,57 +459,136 @@ func (c *Connector) build(entity, id string) (*projection, error) {
 	if len(keys) != len(t.Key) {
 		return nil, fmt.Errorf("connector %s: id %q does not split into the %d key columns of %s", c.cfg.Name, id, len(t.Key), t.Name)
 	}
-	types := c.colTypes[t.Name]
-	table := pgx.Identifier(strings.Split(t.Name, ".")).Sanitize()
-	var args []any
-	param := func(v any, col string) string {
-		args = append(args, v)
-		return fmt.Sprintf("CAST($%d::text AS %s)", len(args), types[col])
+	p := &projection{entity: entity, id: id, token: crdt.EncodeToken(rec.Context), rec: rec, table: t, deleted: deleted}
+	for _, k := range keys {
+		p.vals = append(p.vals, k)
 	}
-	var q string
-	if deleted {
-		var where []string
-		for i, k := range t.Key {
-			where = append(where, fmt.Sprintf("%s = %s", pgx.Identifier{k}.Sanitize(), param(keys[i], k)))
-		}
-		q = fmt.Sprintf("DELETE FROM %s WHERE %s", table, strings.Join(where, " AND "))
-	} else {
-		var cols, vals, sets, olds, news []string
-		for i, k := range t.Key {
-			cols = append(cols, pgx.Identifier{k}.Sanitize())
-			vals = append(vals, param(keys[i], k))
-		}
-		colNames := mapKeys(t.Columns)
-		sort.Strings(colNames)
-		for _, col := range colNames {
-			if contains(t.Key, col) {
-				continue
-			}
+	if !deleted {
+		for _, col := range c.valueColumns(t) {
 			var v any
 			if s, ok := t.toColumn(col, values[t.Columns[col]]); ok {
 				v = s
 			}
-			cols = append(cols, pgx.Identifier{col}.Sanitize())
-			vals = append(vals, param(v, col))
-			sets = append(sets, fmt.Sprintf("%s = EXCLUDED.%s", pgx.Identifier{col}.Sanitize(), pgx.Identifier{col}.Sanitize()))
-			olds = append(olds, "t."+pgx.Identifier{col}.Sanitize())
-			news = append(news, "EXCLUDED."+pgx.Identifier{col}.Sanitize())
-		}
-		keyCols := make([]string, len(t.Key))
-		for i, k := range t.Key {
-			keyCols[i] = pgx.Identifier{k}.Sanitize()
-		}
-		// A row that already holds these values is left alone (no new row
-		// version, no UPDATE triggers): re-projecting is harmless.
-		q = fmt.Sprintf("INSERT INTO %s AS t (%s) VALUES (%s) ON CONFLICT (%s) DO UPDATE SET %s WHERE (%s) IS DISTINCT FROM (%s)",
-			table, strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keyCols, ", "), strings.Join(sets, ", "),
-			strings.Join(olds, ", "), strings.Join(news, ", "))
-		if len(sets) == 0 {
-			q = fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT (%s) DO NOTHING",
-				table, strings.Join(cols, ", "), strings.Join(vals, ", "), strings.Join(keyCols, ", "))
+			p.vals = append(p.vals, v)
 		}
 	}
-	return &projection{entity: entity, id: id, token: crdt.EncodeToken(rec.Context), q: q, args: args, rec: rec}, nil
+	p.q, p.args = c.statement([]*projection{p})
+	return p, nil
+}
+
+// valueColumns are the mapped columns a projection writes besides the key,
+// in a fixed order.
+func (c *Connector) valueColumns(t *Table) []string {
+	var out []string
+	for _, col := range mapKeys(t.Columns) {
+		if !contains(t.Key, col) {
+			out = append(out, col)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// statement is the SQL that writes ps, which share one table and are all
+// deletes or all upserts: one multi-row INSERT ... ON CONFLICT DO UPDATE
+// (a row that already holds its values is left alone: no new row version,
+// no UPDATE triggers) or one DELETE ... WHERE (key) IN (...).
+func (c *Connector) statement(ps []*projection) (string, []any) {
+	t := ps[0].table
+	types := c.colTypes[t.Name]
+	table := pgx.Identifier(strings.Split(t.Name, ".")).Sanitize()
+	cols := append(append([]string{}, t.Key...), c.valueColumns(t)...)
+	var args []any
+	param := func(v any, col string) string {
+		args = append(args, v)
+		return "CAST($" + strconv.Itoa(len(args)) + "::text AS " + types[col] + ")"
+	}
+	ident := func(col string) string { return pgx.Identifier{col}.Sanitize() }
+	var keyCols []string
+	for _, k := range t.Key {
+		keyCols = append(keyCols, ident(k))
+	}
+	var sb strings.Builder
+	if ps[0].deleted {
+		sb.WriteString("DELETE FROM " + table + " WHERE (" + strings.Join(keyCols, ", ") + ") IN (")
+		for i, p := range ps {
+			if i > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString("(")
+			for j, k := range t.Key {
+				if j > 0 {
+					sb.WriteString(", ")
+				}
+				sb.WriteString(param(p.vals[j], k))
+			}
+			sb.WriteString(")")
+		}
+		sb.WriteString(")")
+		return sb.String(), args
+	}
+	var names []string
+	for _, col := range cols {
+		names = append(names, ident(col))
+	}
+	sb.WriteString("INSERT INTO " + table + " AS t (" + strings.Join(names, ", ") + ") VALUES ")
+	for i, p := range ps {
+		if i > 0 {
+			sb.WriteString(", ")
+		}
+		sb.WriteString("(")
+		for j, col := range cols {
+			if j > 0 {
+				sb.WriteString(", ")
+			}
+			sb.WriteString(param(p.vals[j], col))
+		}
+		sb.WriteString(")")
+	}
+	sb.WriteString(" ON CONFLICT (" + strings.Join(keyCols, ", ") + ")")
+	valueCols := cols[len(t.Key):]
+	if len(valueCols) == 0 {
+		sb.WriteString(" DO NOTHING")
+		return sb.String(), args
+	}
+	var sets, olds, news []string
+	for _, col := range valueCols {
+		sets = append(sets, ident(col)+" = EXCLUDED."+ident(col))
+		olds = append(olds, "t."+ident(col))
+		news = append(news, "EXCLUDED."+ident(col))
+	}
+	sb.WriteString(" DO UPDATE SET " + strings.Join(sets, ", ") + " WHERE (" + strings.Join(olds, ", ") + ") IS DISTINCT FROM (" + strings.Join(news, ", ") + ")")
+	return sb.String(), args
+}
+
+// statements groups a batch's projections into multi-row statements (one
+// per table and kind, at most 500 rows or 30,000 parameters each).
+func (c *Connector) statements(ps []*projection) []*pgx.QueuedQuery {
+	type shape struct {
+		table   string
+		deleted bool
+	}
+	groups := map[shape][]*projection{}
+	var order []shape
+	for _, p := range ps {
+		k := shape{p.table.Name, p.deleted}
+		if _, ok := groups[k]; !ok {
+			order = append(order, k)
+		}
+		groups[k] = append(groups[k], p)
+	}
+	var out []*pgx.QueuedQuery
+	for _, k := range order {
+		g := groups[k]
+		per := max(1, min(500, 30000/max(1, len(g[0].vals))))
+		for len(g) > 0 {
+			n := min(per, len(g))
+			q, args := c.statement(g[:n])
+			out = append(out, &pgx.QueuedQuery{SQL: q, Arguments: args})
+			g = g[n:]
+		}
+	}
+	return out
 }
 
 // refusedError is a projection the database refused for good (constraint
