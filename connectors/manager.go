@@ -142,9 +142,9 @@ func NewManager(p Placement, schema SchemaSource, f Factory, log *slog.Logger) *
 		running: map[string]*instance{}, restarts: map[string]uint64{}}
 }
 
-// Run reconciles every half second until ctx ends, then stops every connector.
+// Run reconciles every 200 ms (placement changes take effect within it) until ctx ends, then stops every connector.
 func (m *Manager) Run(ctx context.Context) {
-	t := time.NewTicker(500 * time.Millisecond)
+	t := time.NewTicker(200 * time.Millisecond)
 	defer t.Stop()
 	for {
 		m.reconcile(ctx)

@@ -157,7 +157,7 @@ func (c *Connector) Run(ctx context.Context) error {
 	errs := make(chan error, 3)
 	var wg sync.WaitGroup
 	if c.cfg.Project {
-		sub, err := c.store.Subscribe(8192)
+		sub, err := c.store.Subscribe(projectBuffer)
 		if err != nil {
 			return err
 		}

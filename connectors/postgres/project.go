@@ -17,6 +17,11 @@ import (
 	"github.com/lattice-sync/lattice/storage"
 )
 
+// projectBuffer is how many committed edits the projector's subscription
+// holds before it falls back to reading the op log (a backlog draining at
+// tens of thousands of edits a second fits).
+const projectBuffer = 65536
+
 // project writes resolved record state into the database as edits commit.
 // Its session carries the replication origin, so capture skips these
 // writes, and each transaction carries the record context it wrote.
@@ -78,7 +83,7 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 					return nil
 				}
 				// Fell behind: read what was missed from the op log.
-				sub2, err := c.store.Subscribe(8192)
+				sub2, err := c.store.Subscribe(projectBuffer)
 				if err != nil {
 					return err
 				}
