@@ -638,7 +638,8 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			if err != nil {
 				return fmt.Errorf("connector %s: decode pgoutput: %w", c.cfg.Name, err)
 			}
-			var row *pglogrepl.TupleData
+			var row, oldRow *pglogrepl.TupleData
+			var oldFull bool // oldRow is the whole old row (REPLICA IDENTITY FULL), not only its key
 			var rel uint32
 			deleted := false
 			switch m := msg.(type) {
@@ -675,6 +676,9 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 				rel, row = m.RelationID, m.Tuple
 			case *pglogrepl.UpdateMessageV2:
 				rel, row = m.RelationID, m.NewTuple
+				if m.OldTuple != nil && (m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld || m.OldTupleType == pglogrepl.UpdateMessageTupleTypeKey) {
+					oldRow, oldFull = m.OldTuple, m.OldTupleType == pglogrepl.UpdateMessageTupleTypeOld
+				}
 			case *pglogrepl.DeleteMessageV2:
 				rel, row, deleted = m.RelationID, m.OldTuple, true
 			case *pglogrepl.CommitMessage:
@@ -705,13 +709,38 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			if !ok {
 				continue
 			}
+			var moved *change // the old key of an UPDATE that changed the key
+			if oldRow != nil {
+				if old, ok := c.rowChange(rel, oldRow, !oldFull); ok && old.refused == nil {
+					if old.id != ch.id {
+						del := change{table: old.table, id: old.id, deleted: true, fields: map[string]crdt.Value{}}
+						moved = &del
+					} else if oldFull {
+						// The exact diff base: what the row held just before.
+						ch.before = old.fields
+					}
+				}
+			}
 			if tx.echo || (tx.skip && tx.changes <= from.Changes) {
 				// Lattice's own write, or captured before the resume point:
 				// not captured again, but it is what the row now holds.
+				if moved != nil {
+					c.remember(*moved)
+				}
 				c.remember(ch)
 				continue
 			}
 			ch.at = tx.at
+			if moved != nil {
+				// A new key is a new record: the old one is deleted.
+				moved.at, moved.seen = tx.at, c.seenOf(moved.table.Entity, moved.id)
+				c.capturing(moved.table.Entity, moved.id, 1)
+				if len(pending) == 0 {
+					oldest, gathering = tx.at, time.Now()
+				}
+				pending = append(pending, *moved)
+				c.remember(*moved)
+			}
 			if d, ok := c.diff(ch); ok {
 				d.seen = c.seenOf(ch.table.Entity, ch.id)
 				c.capturing(d.table.Entity, d.id, 1)

@@ -27,6 +27,10 @@ type Config struct {
 	// Capture and Project enable each direction (both by default).
 	Capture bool
 	Project bool
+	// FullIdentity makes the connector set REPLICA IDENTITY FULL on the
+	// captured tables, so every UPDATE in the stream carries the old row
+	// (replica_identity: full, the default; default leaves tables as they are).
+	FullIdentity bool
 	// Acks is how many nodes (this one included) must hold captured edits
 	// durably before the source is told it may release them (default 2;
 	// fewer when fewer nodes are alive).
@@ -86,6 +90,7 @@ type rawConfig struct {
 	Capture     *bool               `json:"capture"`
 	Project     *bool               `json:"project"`
 	Acks        *int                `json:"acks"`
+	Identity    string              `json:"replica_identity"`
 }
 
 // ParseConfig reads a connector declaration (the YAML mapping under
@@ -104,6 +109,11 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 	c := &Config{Name: name, Publication: raw.Publication, Slot: raw.Slot, Capture: true, Project: true,
 		MaxOffset: crdt.DefaultMaxOffset}
 	c.Acks = 2
+	c.FullIdentity = raw.Identity != "default"
+	var errs []error
+	if raw.Identity != "" && raw.Identity != "full" && raw.Identity != "default" {
+		errs = append(errs, fmt.Errorf("connector %q: replica_identity %q: want full (the default: the stream carries the old row, so capture knows exactly which columns an UPDATE changed) or default (leave the tables as they are)", name, raw.Identity))
+	}
 	if raw.Acks != nil {
 		c.Acks = *raw.Acks
 	}
@@ -119,7 +129,6 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 	if c.Slot == "" {
 		c.Slot = "lattice_" + name
 	}
-	var errs []error
 	switch {
 	case raw.DSNEnv != "":
 		c.DSN = os.Getenv(raw.DSNEnv)

@@ -244,6 +244,27 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 		c.colTypes[t.Name] = types
 		tables = append(tables, pgx.Identifier(strings.Split(t.Name, ".")).Sanitize())
 	}
+	if c.cfg.Capture && c.cfg.FullIdentity {
+		// Every UPDATE then carries the old row, so capture knows exactly
+		// which columns changed, also for a row it has not seen since it
+		// started (after a restart or a move).
+		for _, t := range c.cfg.Tables {
+			var ident string
+			if err := conn.QueryRow(ctx, "SELECT relreplident::text FROM pg_class WHERE oid = $1::regclass", t.Name).Scan(&ident); err != nil {
+				return fmt.Errorf("connector %s: table %s: %w", c.cfg.Name, t.Name, err)
+			}
+			if ident == "f" {
+				continue
+			}
+			q := fmt.Sprintf("ALTER TABLE %s REPLICA IDENTITY FULL", pgx.Identifier(strings.Split(t.Name, ".")).Sanitize())
+			if _, err := conn.Exec(ctx, q); err != nil {
+				c.log.Warn("could not set REPLICA IDENTITY FULL (needs the table's owner): after a restart, a row's first change is captured with every column",
+					"table", t.Name, "err", err)
+				continue
+			}
+			c.log.Info("set REPLICA IDENTITY FULL, so the stream carries each updated row's old values", "table", t.Name)
+		}
+	}
 	if c.cfg.Capture {
 		var exists bool
 		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Publication).Scan(&exists); err != nil {
@@ -308,6 +329,9 @@ type change struct {
 	// seen is what the stream showed the row had seen when the change was
 	// decoded (lattice's projections into it); set by the stream.
 	seen crdt.VV
+	// before is the row's values just before an UPDATE when the stream
+	// carries the old row (REPLICA IDENTITY FULL): the exact diff base.
+	before map[string]crdt.Value
 	// snapshot marks a row read by a snapshot rather than a change: fields
 	// that already hold the record's resolved value are not written again.
 	snapshot bool
@@ -523,10 +547,12 @@ func (c *Connector) remember(ch change) {
 	}
 }
 
-// diff narrows a native change to the fields it really changed, against
-// what the stream last showed the row holding: an UPDATE of one column is
-// an edit of one field, not of the whole row. A row never seen (or seen
-// deleted) keeps every field. ok is false when nothing changed.
+// diff narrows a native change to the fields it really changed: against the
+// old row the stream carried with it (REPLICA IDENTITY FULL), else against
+// what the stream last showed the row holding. An UPDATE of one column is
+// an edit of one field, not of the whole row. Without either (a row never
+// seen since the connector started, without a full replica identity) every
+// field is kept. ok is false when nothing changed.
 func (c *Connector) diff(ch change) (change, bool) {
 	if ch.deleted || ch.refused != nil {
 		return ch, true
@@ -535,7 +561,9 @@ func (c *Connector) diff(ch change) (change, bool) {
 	defer c.mu.Unlock()
 	k := rowKey(ch.table.Entity, ch.id)
 	prev, known := c.mu.rows[k]
-	if !known || c.mu.deleted[k] {
+	if ch.before != nil {
+		prev, known = ch.before, true
+	} else if !known || c.mu.deleted[k] {
 		return ch, true
 	}
 	out := ch

@@ -531,3 +531,58 @@ func TestNoStaleProjectionIntoSource(t *testing.T) {
 		t.Errorf("%d records were projected into the database whose own changes they were", n)
 	}
 }
+
+// TestRestartKeepsConcurrentFieldEdits: while crm's connector is down,
+// billing changes a row's email and crm changes the same row's phone.
+// After crm's connector restarts (it remembers nothing of the row), crm's
+// change must still be an edit of the phone only (the stream carries the
+// old row: REPLICA IDENTITY FULL), so both edits survive on both sides
+// instead of crm's stale email overwriting billing's.
+func TestRestartKeepsConcurrentFieldEdits(t *testing.T) {
+	e := setup(t)
+	e.crm.Exec(t, "crm", `INSERT INTO customers VALUES (1, 'Ann', 'ann@old.example', '111')`)
+	run := func(name string, db *pgtest.Server, dbName, table string, cols map[string]any, key string) func() {
+		cfg, err := postgres.ParseConfig(name, map[string]any{"kind": "postgres", "dsn": db.DSN(dbName),
+			"tables": map[string]any{table: map[string]any{"entity": "contact", "key": []any{key}, "columns": cols}}}, e.schema.s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := postgres.New(cfg, e.store, e.schema, slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})))
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); c.Run(ctx) }()
+		stop := func() { cancel(); <-done }
+		t.Cleanup(stop)
+		return stop
+	}
+	crmCols := map[string]any{"full_name": "name", "email_address": "email", "phone": "phone"}
+	billCols := map[string]any{"name": "name", "email": "email", "tel": "phone"}
+	stopCRM := run("crm", e.crm, "crm", "customers", crmCols, "customer_id")
+	run("billing", e.billing, "billing", "clients", billCols, "client_ref")
+	billingRow := func() string { return row(t, e.billing, "billing", `SELECT name, email, tel FROM clients WHERE client_ref = 1`) }
+	crmRow := func() string {
+		return row(t, e.crm, "crm", `SELECT full_name, email_address, phone FROM customers WHERE customer_id = 1`)
+	}
+	eventually(t, "row synced", func() (bool, string) { return billingRow() == "Ann ann@old.example 111", billingRow() })
+
+	stopCRM()
+	e.billing.Exec(t, "billing", `UPDATE clients SET email = 'ann@billing.example' WHERE client_ref = 1`)
+	eventually(t, "billing's edit in the store", func() (bool, string) {
+		rec, _ := e.store.Get("contact", "1")
+		ent, _ := e.schema.s.Entity("contact")
+		fields, _ := ent.View(rec)
+		for _, f := range fields {
+			if f.Name == "email" {
+				return f.Value.Str() == "ann@billing.example", f.Value.Str()
+			}
+		}
+		return false, "no email"
+	})
+	time.Sleep(100 * time.Millisecond)
+	e.crm.Exec(t, "crm", `UPDATE customers SET phone = '999' WHERE customer_id = 1`) // crm has not seen billing's email
+	run("crm", e.crm, "crm", "customers", crmCols, "customer_id")
+	eventually(t, "both edits on both sides", func() (bool, string) {
+		a, b := crmRow(), billingRow()
+		return a == "Ann ann@billing.example 999" && b == a, a + " | " + b
+	})
+}
