@@ -559,7 +559,9 @@ func TestRestartKeepsConcurrentFieldEdits(t *testing.T) {
 	billCols := map[string]any{"name": "name", "email": "email", "tel": "phone"}
 	stopCRM := run("crm", e.crm, "crm", "customers", crmCols, "customer_id")
 	run("billing", e.billing, "billing", "clients", billCols, "client_ref")
-	billingRow := func() string { return row(t, e.billing, "billing", `SELECT name, email, tel FROM clients WHERE client_ref = 1`) }
+	billingRow := func() string {
+		return row(t, e.billing, "billing", `SELECT name, email, tel FROM clients WHERE client_ref = 1`)
+	}
 	crmRow := func() string {
 		return row(t, e.crm, "crm", `SELECT full_name, email_address, phone FROM customers WHERE customer_id = 1`)
 	}
