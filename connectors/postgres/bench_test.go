@@ -176,7 +176,10 @@ connectors:
 	}
 
 	reps := 2
-	if v, err := strconv.Atoi(os.Getenv("LATTICE_BENCH_REPS")); err == nil && v > 0 {
+	if os.Getenv("LATTICE_BENCH_ONLY") == "drain" {
+		reps = 0
+	}
+	if v, err := strconv.Atoi(os.Getenv("LATTICE_BENCH_REPS")); err == nil && v > 0 && reps > 0 {
 		reps = v
 	}
 	results := map[string][]result{}
@@ -200,6 +203,9 @@ connectors:
 		return (v[len(v)/2-1] + v[len(v)/2]) / 2
 	}
 	for _, rate := range []int{1000, 4000} {
+		if reps == 0 {
+			break
+		}
 		l, n := results[fmt.Sprintf("%d lattice", rate)], results[fmt.Sprintf("%d native", rate)]
 		lp50, lp99 := median(l, func(r result) float64 { return r.p50 }), median(l, func(r result) float64 { return r.p99 })
 		np50, np99 := median(n, func(r result) float64 { return r.p50 }), median(n, func(r result) float64 { return r.p99 })
@@ -210,6 +216,9 @@ connectors:
 	// Highest sustained rate: pgbench as fast as it goes for 15 s; the lag
 	// of the last 5 s shows whether it keeps up.
 	for _, sys := range systems {
+		if reps == 0 {
+			break
+		}
 		dst.Exec(b, sys.dstDB, "TRUNCATE arrivals")
 		start := time.Now()
 		tps := pgbench(sys.srcDB, "-T", "15", "-c", "16", "-j", "2")
@@ -238,6 +247,10 @@ connectors:
 		}
 		time.Sleep(2 * time.Second) // the capture side stops
 		tps := pgbench(sys.srcDB, "-t", strconv.Itoa(burst/8), "-c", "8", "-j", "2")
+		var profiles chan struct{}
+		if sys.name == "lattice" {
+			profiles = profileNodes(b, c, "drain")
+		}
 		start := time.Now()
 		switch sys.name {
 		case "lattice":
@@ -249,6 +262,9 @@ connectors:
 		}
 		took, ok := caughtUp(sys, 120*time.Second)
 		took = time.Since(start)
+		if profiles != nil {
+			<-profiles
+		}
 		logf(b, "SUMMARY backlog drain, %s: %d updates (pgbench %s) drained in %v: %.0f updates/s (caught up: %v)",
 			sys.name, burst, tps, took.Round(time.Millisecond), burst/took.Seconds(), ok)
 	}

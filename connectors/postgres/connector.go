@@ -633,6 +633,19 @@ func (c *Connector) capturing(entity, id string, n int) {
 	}
 }
 
+// deferCapturing reports whether a row has native changes being captured,
+// and if so defers it (see capturing).
+func (c *Connector) deferCapturing(entity, id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	k := rowKey(entity, id)
+	if c.mu.capturing[k] == 0 {
+		return false
+	}
+	c.mu.deferred[k] = true
+	return true
+}
+
 // takeRecheck returns the deferred rows ready to be projected again.
 func (c *Connector) takeRecheck() [][2]string {
 	c.mu.Lock()

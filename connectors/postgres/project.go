@@ -113,7 +113,7 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 		}
 		// Drain what is ready, then project each record once.
 	drain:
-		for len(batch) < 1024 {
+		for len(batch) < projectBuffer/4 {
 			select {
 			case e, ok := <-sub.C():
 				if !ok {
@@ -437,6 +437,9 @@ func (c *Connector) build(entity, id string) (*projection, error) {
 	ent, ok := c.schema.Schema().Entity(entity)
 	if !ok || t == nil {
 		return nil, nil
+	}
+	if c.deferCapturing(entity, id) {
+		return nil, nil // projected once the row's own changes are durable
 	}
 	rec, err := c.store.Get(entity, id)
 	if err != nil {
