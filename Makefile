@@ -43,6 +43,7 @@ test: deps verify-generate ## run every test with -race (installs what the tests
 bench: ## run the benchmarks quoted in BENCHMARKS.md
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./crdt/ ./storage/
 	$(GO) run ./cmd/lattice-bench
+	LATTICE_BENCH_REPS=3 $(GO) test ./connectors/postgres/ -run '^$$' -bench . -benchtime 1x -timeout 30m
 
 .PHONY: jepsen
 jepsen: ## fault-injection suite (see jepsen/README.md)
