@@ -464,12 +464,6 @@ const (
 	statusEvery = 5 * time.Second
 )
 
-// done is a group known durable (or failed).
-type done struct {
-	pos position
-	err error
-}
-
 // stream consumes the replication stream until ctx ends. from is where it
 // resumes: changes of the transaction from.Commit up to from.Changes are
 // already captured and are skipped.
@@ -485,27 +479,14 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
-	inflight := make(chan *group, inflightGroups)
-	completed := make(chan done, inflightGroups+1)
-	go func() {
-		defer close(completed)
-		for g := range inflight {
-			completed <- done{pos: g.pos, err: c.complete(ctx, g)}
-		}
-	}()
-	defer func() {
-		close(inflight)
-		for range completed {
-		}
-	}()
+	pl := c.newPipeline(ctx, from)
+	defer pl.close()
 
-	durable := from // every change up to here is durable
-	queued := from  // every change up to here is queued
 	var reported pglogrepl.LSN
 	var lastStatus time.Time
 	replyNow := false
 	status := func() error {
-		confirmed := durable.LSN
+		confirmed := pl.durable.LSN
 		if c.checkpoints != nil {
 			confirmed = c.confirmedLSN()
 		}
@@ -520,7 +501,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 	// it asked, a second after a new position was confirmed, and every
 	// statusEvery regardless.
 	statusDue := func() time.Time {
-		confirmed := durable.LSN
+		confirmed := pl.durable.LSN
 		if c.checkpoints != nil {
 			confirmed = c.confirmedLSN()
 		}
@@ -533,43 +514,6 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 		return lastStatus.Add(statusEvery)
 	}
 
-	var pending []change
-	var oldest time.Time    // commit time of the oldest pending transaction
-	var gathering time.Time // when the oldest pending change was decoded
-	var lastFlush time.Time
-	var pos position // stream position after the last decoded message
-	nInflight := 0   // groups queued and not yet reaped
-	flush := func() error {
-		if len(pending) == 0 && !pos.after(queued) {
-			return nil
-		}
-		g := c.enqueue(ctx, pending)
-		g.pos, g.oldest, g.live = pos, oldest, true
-		select {
-		case inflight <- g:
-			nInflight++
-		case <-ctx.Done():
-			return ctx.Err()
-		}
-		queued, pending, lastFlush = pos, nil, time.Now()
-		return nil
-	}
-	reap := func() error {
-		for {
-			select {
-			case d := <-completed:
-				if d.err != nil {
-					return d.err
-				}
-				durable = d.pos
-				nInflight--
-				c.prog.setCapture(durable)
-			default:
-				return nil
-			}
-		}
-	}
-
 	var tx struct {
 		echo    bool
 		skip    bool // part of it was captured before the resume point
@@ -579,9 +523,8 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 		// projected lists the rows whose projection messages it carries.
 		projected [][2]string
 	}
-	pos.LSN = from.LSN
 	for {
-		if err := reap(); err != nil {
+		if err := pl.reap(); err != nil {
 			return err
 		}
 		now := time.Now()
@@ -593,7 +536,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 		// Wake up for whatever comes first: queueing what was gathered,
 		// reaping queued groups, the next checkpoint, the next status.
 		deadline := statusDue()
-		if len(pending) > 0 || queued.after(durable) || pos.after(queued) {
+		if pl.busy() {
 			deadline = now.Add(time.Millisecond)
 		}
 		rctx, rcancel := context.WithDeadline(ctx, deadline)
@@ -605,7 +548,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			}
 			if pgconn.Timeout(err) {
 				// Nothing more waiting: queue what was gathered.
-				if err := flush(); err != nil {
+				if err := pl.flush(); err != nil {
 					return err
 				}
 				continue
@@ -687,15 +630,9 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 				for _, r := range tx.projected {
 					c.unechoed(r[0], r[1], -1)
 				}
-				pos = position{LSN: m.TransactionEndLSN}
-				// Queue at once while the store has little in flight (lowest
-				// latency); while it is busy, gather (many changes share one
-				// fsync) up to a size or an age. A busy stream never pauses
-				// for the receive timeout, so lattice's own transactions move
-				// the position on too.
-				if (len(pending) > 0 && nInflight < 2) || len(pending) >= groupChanges ||
-					(len(pending) > 0 && time.Since(gathering) > groupAge) || time.Since(lastFlush) > 100*time.Millisecond {
-					if err := flush(); err != nil {
+				pl.advance(position{LSN: m.TransactionEndLSN})
+				if pl.due() {
+					if err := pl.flush(); err != nil {
 						return err
 					}
 				}
@@ -704,7 +641,7 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 				continue
 			}
 			tx.changes++
-			pos = position{LSN: pos.LSN, Commit: tx.commit, Changes: tx.changes}
+			pl.advance(position{LSN: pl.pos.LSN, Commit: tx.commit, Changes: tx.changes})
 			ch, ok := c.rowChange(rel, row, deleted)
 			if !ok {
 				continue
@@ -733,27 +670,18 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			ch.at = tx.at
 			if moved != nil {
 				// A new key is a new record: the old one is deleted.
-				moved.at, moved.seen = tx.at, c.seenOf(moved.table.Entity, moved.id)
-				c.capturing(moved.table.Entity, moved.id, 1)
-				if len(pending) == 0 {
-					oldest, gathering = tx.at, time.Now()
-				}
-				pending = append(pending, *moved)
+				moved.at = tx.at
+				pl.add(*moved)
 				c.remember(*moved)
 			}
 			if d, ok := c.diff(ch); ok {
-				d.seen = c.seenOf(ch.table.Entity, ch.id)
-				c.capturing(d.table.Entity, d.id, 1)
-				if len(pending) == 0 {
-					oldest, gathering = tx.at, time.Now()
-				}
-				pending = append(pending, d)
+				pl.add(d)
 			}
 			c.remember(ch)
-			if len(pending) >= groupChanges {
+			if pl.full() {
 				// A large transaction is queued in parts; its position
 				// names how many of its changes each part covers.
-				if err := flush(); err != nil {
+				if err := pl.flush(); err != nil {
 					return err
 				}
 			}
