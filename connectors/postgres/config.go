@@ -27,6 +27,11 @@ type Config struct {
 	// Capture and Project enable each direction (both by default).
 	Capture bool
 	Project bool
+	// Mode is the capture mode: ModeLogical (logical replication with
+	// pgoutput, the default), ModeTrigger or ModePoll (connectors part two),
+	// or ModeAuto (logical when the database allows it, else trigger, else
+	// poll).
+	Mode string
 	// FullIdentity makes the connector set REPLICA IDENTITY FULL on the
 	// captured tables, so every UPDATE in the stream carries the old row
 	// (replica_identity: full, the default; default leaves tables as they are).
@@ -67,6 +72,26 @@ type Table struct {
 	tf *transform
 }
 
+// Capture modes.
+const (
+	ModeLogical = "logical"
+	ModeTrigger = "trigger"
+	ModePoll    = "poll"
+	ModeAuto    = "auto"
+)
+
+// modes are the capture modes this build implements.
+var modes = []string{ModeLogical}
+
+func validMode(m string) bool {
+	for _, x := range modes {
+		if x == m {
+			return true
+		}
+	}
+	return false
+}
+
 // originName is the replication origin lattice's own writes carry.
 func (c *Config) originName() string { return "lattice_" + c.Name }
 
@@ -90,6 +115,7 @@ type rawConfig struct {
 	Capture     *bool               `json:"capture"`
 	Project     *bool               `json:"project"`
 	Acks        *int                `json:"acks"`
+	Mode        string              `json:"mode"`
 	Identity    string              `json:"replica_identity"`
 }
 
@@ -109,6 +135,10 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 	c := &Config{Name: name, Publication: raw.Publication, Slot: raw.Slot, Capture: true, Project: true,
 		MaxOffset: crdt.DefaultMaxOffset}
 	c.Acks = 2
+	c.Mode = raw.Mode
+	if c.Mode == "" {
+		c.Mode = ModeLogical
+	}
 	c.FullIdentity = raw.Identity != "default"
 	var errs []error
 	if raw.Identity != "" && raw.Identity != "full" && raw.Identity != "default" {
@@ -145,6 +175,9 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 		c.DSN = raw.DSN
 	default:
 		errs = append(errs, fmt.Errorf("connector %q: no connection string: set dsn_env (an environment variable) or dsn_file", name))
+	}
+	if !validMode(c.Mode) {
+		errs = append(errs, fmt.Errorf("connector %q: mode %q: want %s", name, c.Mode, strings.Join(modes, ", ")))
 	}
 	if c.Acks < 1 || c.Acks > 9 {
 		errs = append(errs, fmt.Errorf("connector %q: acks %d: want 1 (this node only) to 9 nodes", name, c.Acks))

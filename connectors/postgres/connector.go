@@ -181,7 +181,7 @@ func (c *Connector) Run(ctx context.Context) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- c.capture(ctx, conn)
+			errs <- c.captureMode(ctx, conn)
 		}()
 	}
 	if c.checkpoints != nil {
@@ -202,6 +202,16 @@ func (c *Connector) Run(ctx context.Context) error {
 		first = nil
 	}
 	return first
+}
+
+// captureMode runs capture in the configured mode. Each mode reads the
+// database's changes in order and feeds a pipeline (pipeline.go).
+func (c *Connector) captureMode(ctx context.Context, conn *pgx.Conn) error {
+	switch c.cfg.Mode {
+	case ModeLogical:
+		return c.capture(ctx, conn)
+	}
+	return fmt.Errorf("connector %s: capture mode %q is not implemented", c.cfg.Name, c.cfg.Mode)
 }
 
 // prepare checks wal_level and creates the publication and the replication
