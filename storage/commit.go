@@ -52,6 +52,8 @@ type op struct {
 	prepare            PrepareFunc
 	// at, when set, is the edit's time at its source (a captured commit time)
 	at crdt.Timestamp
+	// historical: at may lie any distance in the past (see LocalWrite)
+	historical bool
 	// remote edit
 	remote *crdt.Edit
 
@@ -80,13 +82,22 @@ func (s *Store) WriteAt(ctx context.Context, entity, id, origin string, at time.
 	return s.submit(ctx, &op{entity: entity, id: id, origin: origin, prepare: prepare, at: crdt.TimestampFromTime(at)})
 }
 
-// sourceTime returns the timestamp of a local edit (see WriteAt).
-func (s *Store) sourceTime(at crdt.Timestamp) crdt.Timestamp {
+// sourceTime returns the timestamp of a local edit (see WriteAt and
+// LocalWrite.Historical).
+func (s *Store) sourceTime(at crdt.Timestamp, historical bool) crdt.Timestamp {
 	if at == 0 {
 		return s.clock.Now()
 	}
 	phys := s.cfg.Physical()
-	if d := at.Millis() - phys; d > s.clock.MaxOffset().Milliseconds() || -d > s.clock.MaxOffset().Milliseconds() {
+	d := at.Millis() - phys
+	if historical && d <= s.clock.MaxOffset().Milliseconds() {
+		if d < 0 {
+			return at // in the past: the clock has nothing to catch up with
+		}
+		_ = s.clock.Update(at)
+		return at
+	}
+	if d > s.clock.MaxOffset().Milliseconds() || -d > s.clock.MaxOffset().Milliseconds() {
 		s.sourceClockSkew.Add(1)
 		return s.clock.Now()
 	}
@@ -351,7 +362,7 @@ func (s *Store) stage(st *batchState, o *op) {
 			return
 		}
 		e = &crdt.Edit{Entity: entity, ID: id, Origin: o.origin, Writes: writes,
-			Dot: crdt.Dot{Node: s.cfg.NodeID, Seq: seq}, TS: s.sourceTime(o.at)}
+			Dot: crdt.Dot{Node: s.cfg.NodeID, Seq: seq}, TS: s.sourceTime(o.at, o.historical)}
 	}
 	rec.Apply(e)
 	st.conflicts += countConflicts(rec, e)
@@ -487,8 +498,13 @@ func putUvarint(b []byte, x uint64) int { return binary.PutUvarint(b, x) }
 type LocalWrite struct {
 	Entity, ID, Origin string
 	// At, when set, is the edit's time at its source (see WriteAt).
-	At      time.Time
-	Prepare PrepareFunc
+	At time.Time
+	// Historical allows At to lie any distance in the past: a row's last
+	// update time read by a snapshot, so the versions of a database that
+	// already held data are dated by when they were written (a time in the
+	// future beyond max-offset is still replaced by the node's clock).
+	Historical bool
+	Prepare    PrepareFunc
 }
 
 // Pending is a set of edits queued by Enqueue.
@@ -518,7 +534,7 @@ func (s *Store) Enqueue(ctx context.Context, ws []LocalWrite) *Pending {
 			p.err[i] = err
 			continue
 		}
-		o := &op{entity: w.Entity, id: w.ID, origin: w.Origin, prepare: w.Prepare, done: make(chan struct{})}
+		o := &op{entity: w.Entity, id: w.ID, origin: w.Origin, prepare: w.Prepare, historical: w.Historical, done: make(chan struct{})}
 		if !w.At.IsZero() {
 			o.at = crdt.TimestampFromTime(w.At)
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/lattice-sync/lattice/crdt"
 	"github.com/lattice-sync/lattice/storage"
@@ -115,5 +116,38 @@ func TestEnqueueCanceled(t *testing.T) {
 		t.Fatalf("edit reported applied but record missing: %v", err)
 	case errs[0] != nil && !errors.Is(err, storage.ErrNotFound):
 		t.Fatalf("edit reported failed (%v) but record exists", errs[0])
+	}
+}
+
+// TestHistoricalTime: a historical write keeps a source time far in the
+// past (a row's last update, read by a snapshot) without moving the clock
+// back; a non-historical one beyond max-offset gets the node's own time.
+func TestHistoricalTime(t *testing.T) {
+	ent := testEntity()
+	phys := newPhysClock(t0)
+	s := openStore(t, t.TempDir(), "n1", phys)
+	past := time.UnixMilli(t0 - 365*24*3600*1000) // a year before
+	ws := []storage.LocalWrite{
+		{Entity: ent.Name, ID: "old", Origin: "src", At: past, Historical: true, Prepare: putFn(ent, map[string]crdt.Value{"name": crdt.String("a")})},
+		{Entity: ent.Name, ID: "now", Origin: "src", At: past, Prepare: putFn(ent, map[string]crdt.Value{"name": crdt.String("b")})},
+		{Entity: ent.Name, ID: "future", Origin: "src", At: time.UnixMilli(t0 + 3600*1000), Historical: true, Prepare: putFn(ent, map[string]crdt.Value{"name": crdt.String("c")})},
+	}
+	res, errs := s.Enqueue(context.Background(), ws).Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("write %d: %v", i, err)
+		}
+	}
+	if got := res[0].Edit.TS.Millis(); got != past.UnixMilli() {
+		t.Errorf("historical write dated %d, want the source time %d", got, past.UnixMilli())
+	}
+	if got := res[1].Edit.TS.Millis(); got < t0 {
+		t.Errorf("non-historical write beyond max-offset dated %d, want the node's time (>= %d)", got, t0)
+	}
+	if got := res[2].Edit.TS.Millis(); got > t0+1000 {
+		t.Errorf("a historical time an hour ahead was kept (%d): it must be refused like any time beyond max-offset", got)
+	}
+	if now := s.Clock().Now().Millis(); now < t0 || now > t0+1000 {
+		t.Errorf("clock at %d after the writes, want near %d", now, t0)
 	}
 }

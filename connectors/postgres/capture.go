@@ -428,6 +428,11 @@ func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) e
 				return fmt.Errorf("connector %s: snapshot of %s: %w", c.cfg.Name, t.Name, err)
 			}
 			ch.at, ch.snapshot, ch.seen = time.Now(), true, c.seenOf(ch.table.Entity, ch.id)
+			if !ch.updatedAt.IsZero() {
+				// The row's own last-change time dates it: connecting a
+				// database that already holds data, the newer row wins.
+				ch.at, ch.historical = ch.updatedAt, true
+			}
 			c.remember(ch)
 			batch = append(batch, ch)
 			if len(batch) >= 2000 {

@@ -65,6 +65,11 @@ type Table struct {
 	// Computed maps a field to a CEL expression over the row's columns that
 	// gives its value on capture. Computed fields are never projected.
 	Computed map[string]string
+	// UpdatedAt names a timestamp column holding when each row last
+	// changed (optional). A snapshot's edits are then dated by it, so when
+	// two databases that already hold data are connected, the row changed
+	// most recently wins a last-writer-wins conflict.
+	UpdatedAt string
 
 	// tf is what ParseConfig built from the above (transform.go): column
 	// conversions and compiled expressions. Nil in a Table built by hand,
@@ -102,6 +107,7 @@ type rawTable struct {
 	Filter        string                     `json:"filter"`
 	ProjectFilter string                     `json:"project_filter"`
 	Computed      map[string]string          `json:"computed"`
+	UpdatedAt     string                     `json:"updated_at"`
 }
 
 type rawConfig struct {
@@ -381,7 +387,7 @@ func (rc *rawColumn) conversion(ent *crdt.Entity) (*conversion, error) {
 // then the expressions (transform.go).
 func parseTable(connector, name string, rt rawTable, ent *crdt.Entity) (Table, []error) {
 	t := Table{Name: name, Entity: rt.Entity, Key: rt.Key, Columns: map[string]string{},
-		Filter: rt.Filter, ProjectFilter: rt.ProjectFilter, Computed: rt.Computed}
+		Filter: rt.Filter, ProjectFilter: rt.ProjectFilter, Computed: rt.Computed, UpdatedAt: rt.UpdatedAt}
 	tf := &transform{conv: map[string]*conversion{}}
 	t.tf = tf
 	var errs []error
@@ -431,6 +437,9 @@ func (t *Table) columns() []string {
 	rest := mapKeys(t.Columns)
 	if t.tf != nil {
 		rest = append(rest, t.tf.reads...)
+	}
+	if t.UpdatedAt != "" {
+		rest = append(rest, t.UpdatedAt)
 	}
 	sort.Strings(rest)
 	for _, col := range rest {

@@ -342,6 +342,10 @@ type change struct {
 	// before is the row's values just before an UPDATE when the stream
 	// carries the old row (REPLICA IDENTITY FULL): the exact diff base.
 	before map[string]crdt.Value
+	// updatedAt is the row's Table.UpdatedAt value (zero: none, or null).
+	updatedAt time.Time
+	// historical: at may be far in the past (storage.LocalWrite.Historical).
+	historical bool
 	// snapshot marks a row read by a snapshot rather than a change: fields
 	// that already hold the record's resolved value are not written again.
 	snapshot bool
@@ -374,6 +378,15 @@ func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (c
 	ch := change{table: t, id: strings.Join(keys, "/"), deleted: deleted, fields: map[string]crdt.Value{}}
 	if deleted {
 		return ch, nil
+	}
+	if t.UpdatedAt != "" {
+		if v := text[t.UpdatedAt]; v != nil {
+			ts, err := fromText(crdt.TypeTimestamp, *v)
+			if err != nil {
+				return refuse(ch, fmt.Errorf("table %s: updated_at column %q: %v", t.Name, t.UpdatedAt, err)), nil
+			}
+			ch.updatedAt = time.UnixMicro(ts.Int64())
+		}
 	}
 	return c.mapRow(ent, t, text, ch), nil // conversions, filter, computed fields: transform.go
 }
@@ -424,7 +437,7 @@ func (c *Connector) enqueue(ctx context.Context, changes []change) *group {
 // write is the store write of one captured change whose stream-known
 // context is tok.
 func (c *Connector) write(ent *crdt.Entity, ch change, tok crdt.VV) storage.LocalWrite {
-	return storage.LocalWrite{Entity: ent.Name, ID: ch.id, Origin: c.origin, At: ch.at,
+	return storage.LocalWrite{Entity: ent.Name, ID: ch.id, Origin: c.origin, At: ch.at, Historical: ch.historical,
 		Prepare: func(rec *crdt.Record, env storage.Env) ([]crdt.Write, error) {
 			// The database saw every version it produced itself: each of its
 			// changes of a row comes after the earlier ones in its stream.
