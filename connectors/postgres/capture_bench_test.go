@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/lattice-sync/lattice/connectors"
 	"github.com/lattice-sync/lattice/connectors/postgres"
 	"github.com/lattice-sync/lattice/connectors/postgres/pgtest"
 	"github.com/lattice-sync/lattice/crdt"
@@ -134,4 +135,65 @@ func (l *lagRecorder) stats() (p50, p99 time.Duration, groups, edits int) {
 		return 0, 0, 0, l.n
 	}
 	return s[len(s)/2], s[len(s)*99/100], len(s), l.n
+}
+
+// BenchmarkBootstrap measures the initial snapshot of a table that already
+// holds LATTICE_BENCH_ROWS rows (default 1,000,000): from the connector's
+// start to every row being a durable record in one store (capture only),
+// and the dry run (`lattice connectors plan`'s scan) of the same table.
+//
+//	go test ./connectors/postgres/ -run '^$' -bench Bootstrap -benchtime 1x -timeout 30m
+func BenchmarkBootstrap(b *testing.B) {
+	rows := 1_000_000
+	if v, err := strconv.Atoi(os.Getenv("LATTICE_BENCH_ROWS")); err == nil && v > 0 {
+		rows = v
+	}
+	src := pgtest.Start(b)
+	src.CreateDB(b, "crm")
+	src.Exec(b, "crm", `CREATE TABLE customers (customer_id int PRIMARY KEY, full_name text, email_address text, phone text, updated_at timestamptz)`)
+	src.Exec(b, "crm", fmt.Sprintf(`INSERT INTO customers SELECT i, 'name '||i, 'c'||i||'@example.com', '555-'||i, now() - i * interval '1 second' FROM generate_series(1, %d) i`, rows))
+	src.Exec(b, "crm", `VACUUM ANALYZE customers`)
+	sch, err := crdt.ParseSchema("s.yaml", []byte(schemaYAML))
+	if err != nil {
+		b.Fatal(err)
+	}
+	scfg := storage.DefaultConfig(b.TempDir(), "n1")
+	scfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	store, err := storage.Open(scfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer store.Close()
+	cfg, err := postgres.ParseConfig("crm", map[string]any{"kind": "postgres", "dsn": src.DSN("crm"), "project": false,
+		"tables": map[string]any{"customers": map[string]any{"entity": "contact", "key": []any{"customer_id"}, "updated_at": "updated_at",
+			"columns": map[string]any{"full_name": "name", "email_address": "email", "phone": "phone"}}}}, sch)
+	if err != nil {
+		b.Fatal(err)
+	}
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+	// The dry run's scan.
+	t0 := time.Now()
+	scanned := 0
+	if err := postgres.New(cfg, nil, staticSchema{sch}, quiet).Scan(context.Background(), nil, func(connectors.PlanRow) { scanned++ }); err != nil {
+		b.Fatal(err)
+	}
+	scan := time.Since(t0)
+	// The snapshot.
+	c := postgres.New(cfg, store, staticSchema{sch}, quiet)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	t0 = time.Now()
+	go func() { done <- c.Run(ctx) }()
+	for store.Applied().Get("n1") < uint64(rows) {
+		select {
+		case err := <-done:
+			b.Fatalf("connector stopped: %v", err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	took := time.Since(t0)
+	cancel()
+	<-done
+	fmt.Printf("bootstrap of %d rows: snapshot captured into the store in %v (%.0f rows/s); plan scan of the same rows in %v (%.0f rows/s); store %d MiB\n",
+		rows, took.Round(time.Millisecond), float64(rows)/took.Seconds(), scan.Round(time.Millisecond), float64(scanned)/scan.Seconds(), store.DiskUsage()>>20)
 }
