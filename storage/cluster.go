@@ -306,6 +306,7 @@ func (s *Store) burnSequence() error {
 	s.log.Info("burned sequence numbers an unclean shutdown may have shown", "from", mark+1, "to", ceil)
 	s.mu.applied = s.mu.applied.Join(crdt.VV{{Node: s.cfg.NodeID, Seq: ceil}})
 	s.staged = s.mu.applied
+	s.publishVisible()
 	return nil
 }
 

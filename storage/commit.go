@@ -426,6 +426,7 @@ func (s *Store) write(st *batchState) {
 		return
 	}
 	s.staged = s.staged.Join(crdt.MakeVV(st.applied))
+	s.publishVisible()
 }
 
 // finish waits for the batch's fsync, publishes it and answers its requests.
@@ -442,9 +443,11 @@ func (s *Store) finish(st *batchState) {
 		}
 	}
 	st.b.Close()
+	var applied crdt.VV
 	if err == nil && st.dirty() {
 		s.mu.Lock()
 		s.mu.applied = s.mu.applied.Join(crdt.MakeVV(st.applied))
+		applied = s.mu.applied
 		s.mu.truncated = s.mu.truncated.Join(crdt.MakeVV(st.truncated))
 		for sub := range s.mu.subs {
 			sub.offer(st.edits)
@@ -458,7 +461,9 @@ func (s *Store) finish(st *batchState) {
 		if err != nil && !o.res.Duplicate {
 			o.res, o.err = nil, err
 		} else if o.res != nil && o.res.Edit != nil && !o.res.Duplicate && o.res.Edit.Entity != "" {
-			o.res.Record = st.records[string(recordKey(o.res.Edit.Entity, o.res.Edit.ID))]
+			if rec := st.records[string(recordKey(o.res.Edit.Entity, o.res.Edit.ID))]; rec != nil {
+				o.res.Record = &crdt.Record{Registers: rec.Registers, Context: rec.Context.Meet(applied)}
+			}
 		}
 		close(o.done)
 	}

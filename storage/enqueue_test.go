@@ -151,3 +151,59 @@ func TestHistoricalTime(t *testing.T) {
 		t.Errorf("clock at %d after the writes, want near %d", now, t0)
 	}
 }
+
+// TestReadContextOnlyWhatIsApplied: an edit from n3 whose writer had seen
+// an edit of n1 arrives before that edit does. A read must not hand out a
+// context covering n1's edit (it does not show it): a write passing that
+// token would supersede an edit its writer never saw. Once n1's edit
+// arrives, the context covers it.
+func TestReadContextOnlyWhatIsApplied(t *testing.T) {
+	ent := testEntity()
+	s := openStore(t, t.TempDir(), "n2", newPhysClock(t0))
+	ctx := context.Background()
+	n1, n3 := newRemote("n1"), newRemote("n3")
+	x := n1.edit(t, ent, "r", crdt.MakeTimestamp(t0-100, 0), map[string]crdt.Value{"email": crdt.String("x")})
+	// n3 had applied x: its edit of another field carries x in its context.
+	n3.recs["r"] = &crdt.Record{}
+	n3.recs["r"].Apply(x)
+	v := n3.edit(t, ent, "r", crdt.MakeTimestamp(t0-50, 0), map[string]crdt.Value{"name": crdt.String("v")})
+	if !recordCtx(v).Covers(x.Dot) {
+		t.Fatalf("test setup: n3's edit does not name n1's in its context")
+	}
+	res, err := s.ApplyRemote(ctx, v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Record.Context.Covers(x.Dot) {
+		t.Errorf("the write's result context %s covers %s, which this node has not applied", res.Record.Context, x.Dot)
+	}
+	rec, err := s.Get(ent.Name, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Context.Covers(x.Dot) {
+		t.Errorf("Get's context %s covers %s, which this node has not applied", rec.Context, x.Dot)
+	}
+	page, _, err := s.List(ent.Name, "", 10)
+	if err != nil || len(page) != 1 || page[0].Record.Context.Covers(x.Dot) {
+		t.Errorf("List's context covers %s before it is applied: %v %v", x.Dot, page, err)
+	}
+	if _, err := s.ApplyRemote(ctx, x); err != nil {
+		t.Fatal(err)
+	}
+	rec, err = s.Get(ent.Name, "r")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rec.Context.Covers(x.Dot) || !rec.Context.Covers(v.Dot) {
+		t.Errorf("after both arrived the context %s should cover %s and %s", rec.Context, x.Dot, v.Dot)
+	}
+}
+
+func recordCtx(e *crdt.Edit) crdt.VV {
+	var vv crdt.VV
+	for _, w := range e.Writes {
+		vv = vv.Join(w.Ctx)
+	}
+	return vv
+}

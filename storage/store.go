@@ -102,6 +102,10 @@ type Store struct {
 	// Owned by the committer goroutine: the applied vector including batches
 	// written but not yet synced, and the error that stopped the store.
 	staged  crdt.VV
+	// visible is staged as readers may use it: every edit it covers is in
+	// the records a read sees (Pebble shows a batch once it is applied,
+	// before its fsync). Reads clip the context they hand out to it.
+	visible atomic.Pointer[crdt.VV]
 	seqCeil uint64 // persisted: no local seq above it was ever issued
 
 	// failed holds the error that stopped the store (set by committer or syncer).
@@ -184,6 +188,7 @@ func (s *Store) load() error {
 	}
 	s.mu.applied = applied
 	s.staged = applied
+	s.publishVisible()
 	if s.mu.truncated, err = s.scanTruncated(); err != nil {
 		return err
 	}
