@@ -119,7 +119,7 @@ func (e *DriftError) Error() string {
 			todo = append(todo, fmt.Sprintf("change it back (ALTER TABLE %s ALTER COLUMN %s TYPE %s) or make the mapping fit %s", table, col, ch.From, ch.To))
 		}
 	}
-	msg := fmt.Sprintf("schema drift: %s. Connector %s stopped before the first change that needs it (the source keeps the rest). To go on: %s; change the mapping with lattice config apply FILE; then run lattice connectors resume %s",
+	msg := fmt.Sprintf("schema drift: %s. Connector %s paused before applying any change that needs it (the source keeps what was not captured yet). To go on: %s (the mapping changes with lattice config apply FILE), then run lattice connectors resume %s",
 		strings.Join(what, "; "), e.Connector, strings.Join(todo, "; "), e.Connector)
 	if retyped {
 		msg += " (a resumed connector takes a column's type as it is then)"
@@ -447,7 +447,7 @@ func (c *Connector) onDrift(ctx context.Context, err error) error {
 	c.drift.mu.Unlock()
 	if first {
 		c.log.Error("pausing the connector", "reason", reason)
-		c.stats().failed(reason)
+		c.stats().fail(de)
 		if c.pause == nil {
 			return de
 		}
