@@ -2072,7 +2072,8 @@ type ConnectorStatus struct {
 	// state sums it up:
 	//
 	//	"unplaced"     no live node to run it (or no Raft leader yet);
-	//	"paused"       an operator paused it;
+	//	"paused"       an operator paused it, or it paused itself on a
+	//	               schema change (placement.pause_reason says why);
 	//	"starting"     connecting, preparing the source, catching up;
 	//	"snapshotting" reading the rows that existed before capture began;
 	//	"streaming"    following the source's changes and projecting;
