@@ -50,6 +50,18 @@ type ConnectorReport struct {
 	LastError                        string
 	LastErrorAt                      time.Time
 	StartedAt                        time.Time
+	RateLimits                       []RateLimitReport
+}
+
+// RateLimitReport is one of a connector's rate-limit pools (see
+// connectors.RateLimit).
+type RateLimitReport struct {
+	Pool          string
+	Limit, Tokens float64
+	Burst         int
+	Rate          float64
+	Waited        time.Duration
+	Rows          uint64
 }
 
 // Connector states the control plane or this service decides (the others
@@ -217,6 +229,10 @@ func runtimePB(node string, rt *ConnectorRuntime) *pb.ConnectorRuntime {
 			LastError: r.LastError, LastErrorAt: ts(r.LastErrorAt), StartedAt: ts(r.StartedAt)}
 		if len(r.ProjectionCursor) > 0 {
 			out.Report.ProjectionCursor = &pb.VersionVector{Entries: r.ProjectionCursor.Map()}
+		}
+		for _, l := range r.RateLimits {
+			out.Report.RateLimits = append(out.Report.RateLimits, &pb.RateLimitPool{Pool: l.Pool, LimitPerSecond: l.Limit,
+				Burst: uint32(l.Burst), Tokens: l.Tokens, RatePerSecond: l.Rate, WaitedSeconds: l.Waited.Seconds(), Rows: l.Rows})
 		}
 	}
 	return out

@@ -63,13 +63,17 @@ type State struct {
 	Removed map[string]bool `json:"removed"`
 	// DeadLetters holds each connector's dead-letter queue.
 	DeadLetters map[string][]DeadLetter `json:"dead_letters"`
-	// Paused lists connectors an operator paused.
+	// Paused lists connectors an operator paused, or that paused themselves.
 	Paused map[string]bool `json:"paused"`
+	// PauseReasons says why a connector paused itself (schema drift: what
+	// changed and what to do); absent for an operator's pause.
+	PauseReasons map[string]string `json:"pause_reasons,omitempty"`
 }
 
 func newState() State {
 	return State{Connectors: map[string]ConnectorSpec{}, Placement: map[string]Placement{},
-		Checkpoints: map[string]Checkpoint{}, Removed: map[string]bool{}, DeadLetters: map[string][]DeadLetter{}, Paused: map[string]bool{}}
+		Checkpoints: map[string]Checkpoint{}, Removed: map[string]bool{}, DeadLetters: map[string][]DeadLetter{}, Paused: map[string]bool{},
+		PauseReasons: map[string]string{}}
 }
 
 // command is one Raft log entry.
@@ -194,9 +198,20 @@ func (f *fsm) apply(c *command, index uint64) (res any, configChanged bool) {
 		}
 		s.DeadLetters[c.Name] = out
 	case "pause":
+		// A connector pausing itself names its epoch: a stale owner's
+		// pause is refused. An operator's pause names none.
+		if cur := s.Placement[c.Name]; c.Epoch != 0 && cur.Epoch != c.Epoch {
+			return fmt.Errorf("%w: pause of %q at epoch %d, current %d", ErrStaleEpoch, c.Name, c.Epoch, cur.Epoch), false
+		}
+		if c.Error != "" {
+			s.PauseReasons[c.Name] = c.Error
+		} else if !s.Paused[c.Name] {
+			delete(s.PauseReasons, c.Name)
+		}
 		s.Paused[c.Name] = true
 	case "resume":
 		delete(s.Paused, c.Name)
+		delete(s.PauseReasons, c.Name)
 	case "remove_node":
 		s.Removed[c.Node] = true
 	case "readmit_node":

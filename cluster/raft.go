@@ -146,6 +146,18 @@ func (n *Node) PauseConnector(ctx context.Context, name string, pause bool) erro
 	return err
 }
 
+// PauseConnectorFor is a connector pausing itself (it met a schema change
+// it cannot go on with): like PauseConnector, with the reason an operator
+// sees in the connector's status until it is resumed. epoch fences it: a
+// connector that was moved meanwhile gets ErrStaleEpoch.
+func (n *Node) PauseConnectorFor(ctx context.Context, name string, epoch uint64, reason string) error {
+	if reason == "" {
+		reason = "paused by the connector"
+	}
+	_, err := n.propose(ctx, command{Op: "pause", Name: name, Epoch: epoch, Error: reason})
+	return err
+}
+
 // State returns a copy of the control-plane state.
 func (n *Node) State() State { return n.fsm.read() }
 

@@ -199,7 +199,7 @@ func (s *service) DiscardDeadLetters(ctx context.Context, req *pb.DeadLetterIDs)
 func placementOf(st *State, name string) *pb.ConnectorPlacement {
 	p := st.Placement[name]
 	return &pb.ConnectorPlacement{Name: name, Kind: st.Connectors[name].Kind, Node: p.Node, Epoch: p.Epoch,
-		Paused: st.Paused[name], Checkpoint: string(st.Checkpoints[name].Data), DeadLetters: uint32(len(st.DeadLetters[name]))}
+		Paused: st.Paused[name], PauseReason: st.PauseReasons[name], Checkpoint: string(st.Checkpoints[name].Data), DeadLetters: uint32(len(st.DeadLetters[name]))}
 }
 
 func (s *service) PauseConnector(ctx context.Context, req *pb.ConnectorRequest) (*pb.ConnectorPlacement, error) {

@@ -17,7 +17,8 @@ const (
 	StateSnapshotting = "snapshotting"
 	// StateStreaming: following the source's change stream and projecting.
 	StateStreaming = "streaming"
-	// StatePaused: an operator paused the connector; it does not run.
+	// StatePaused: an operator paused the connector, or it paused itself
+	// (a schema change it cannot go on with); it does not run.
 	StatePaused = "paused"
 	// StateFailed: the last attempt ended with an error; a retry is due.
 	StateFailed = "failed"
@@ -62,7 +63,36 @@ type Report struct {
 	LastErrorAt time.Time
 	// StartedAt is when this connector started.
 	StartedAt time.Time
+	// RateLimits are the connector's rate-limit pools (reads, writes), as
+	// of now; none when it is not rate-limited.
+	RateLimits []RateLimit
 }
+
+// RateLimit is one rate-limit pool of a connector: a token bucket of rows
+// per second.
+type RateLimit struct {
+	// Pool is PoolReads (rows captured from the source) or PoolWrites (rows
+	// projected into it).
+	Pool string
+	// Limit is the configured rate in rows per second, Burst the most rows
+	// taken at once with a full budget.
+	Limit float64
+	Burst int
+	// Tokens is the budget available now, in rows (at most Burst).
+	Tokens float64
+	// Rate is the rate of rows taken, measured over the last 10 seconds.
+	Rate float64
+	// Waited is the time spent waiting for budget, and Rows the rows taken,
+	// since the connector started.
+	Waited time.Duration
+	Rows   uint64
+}
+
+// Rate-limit pools.
+const (
+	PoolReads  = "reads"
+	PoolWrites = "writes"
+)
 
 // Reporter is implemented by a Runnable that can describe itself while it
 // runs. Report is called from other goroutines than Run's (an operator's

@@ -101,7 +101,7 @@ type Store struct {
 
 	// Owned by the committer goroutine: the applied vector including batches
 	// written but not yet synced, and the error that stopped the store.
-	staged  crdt.VV
+	staged crdt.VV
 	// visible is staged as readers may use it: every edit it covers is in
 	// the records a read sees (Pebble shows a batch once it is applied,
 	// before its fsync). Reads clip the context they hand out to it.

@@ -234,10 +234,15 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 			wait := func(ctx context.Context, dot crdt.Dot, k int) error {
 				return node.WaitAcks(ctx, dot, min(k, 1+len(node.Peers())))
 			}
+			// A schema change the mapping does not fit pauses the connector
+			// through Raft, under its epoch, with the reason its status shows.
+			pause := func(ctx context.Context, reason string) error {
+				return node.PauseConnectorFor(ctx, decl.Name, epoch, reason)
+			}
 			// WithReport last: it wraps the hooks given before it.
 			return postgres.New(cfg, store, records, log, postgres.WithCheckpoints(node, epoch),
 				postgres.WithDeadLetters(dlqAdapter{node}), postgres.WithObserver(m),
-				postgres.WithWriteConcern(cfg.Acks, wait), postgres.WithReport()), nil
+				postgres.WithWriteConcern(cfg.Acks, wait), postgres.WithPause(pause), postgres.WithReport()), nil
 		}
 		return nil, fmt.Errorf("connector %q: unknown kind %q (supported: postgres)", decl.Name, decl.Kind)
 	}, log)

@@ -210,7 +210,16 @@ func newConnectorsCmd(cf *clientFlags) *cobra.Command {
 					}
 					fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%d\t%s\n", p.GetName(), p.GetKind(), node, p.GetEpoch(), state, p.GetDeadLetters(), p.GetCheckpoint())
 				}
-				return tw.Flush()
+				if err := tw.Flush(); err != nil {
+					return err
+				}
+				// Why a connector paused itself (a schema change), below the table.
+				for _, p := range resp.GetConnectors() {
+					if p.GetPaused() && p.GetPauseReason() != "" {
+						fmt.Fprintf(cmd.OutOrStdout(), "\n%s paused itself: %s\n", p.GetName(), p.GetPauseReason())
+					}
+				}
+				return nil
 			})
 		},
 	})

@@ -28,6 +28,10 @@ func connectorRuntimes(m *connectors.Manager) []cluster.ConnectorRuntime {
 				CaptureLag: r.CaptureLag, ProjectionLag: r.ProjectionLag, LastCapture: r.LastCapture, LastProjection: r.LastProjection,
 				CapturedEdits: r.CapturedEdits, ProjectedRecords: r.ProjectedRecords, DeadLetters: r.DeadLetters,
 				LastError: r.LastError, LastErrorAt: r.LastErrorAt, StartedAt: r.StartedAt}
+			for _, l := range r.RateLimits {
+				rt.Report.RateLimits = append(rt.Report.RateLimits, cluster.RateLimitReport{Pool: l.Pool, Limit: l.Limit,
+					Burst: l.Burst, Tokens: l.Tokens, Rate: l.Rate, Waited: l.Waited, Rows: l.Rows})
+			}
 		}
 		out = append(out, rt)
 	}

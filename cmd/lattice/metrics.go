@@ -172,6 +172,10 @@ type connectorCollector struct {
 	mgr      *connectors.Manager
 	running  *prometheus.Desc
 	restarts *prometheus.Desc
+	// Rate-limit pools of the connectors running here, from their reports.
+	rlWait   *prometheus.Desc
+	rlTokens *prometheus.Desc
+	rlLimit  *prometheus.Desc
 }
 
 func newConnectorCollector(n *cluster.Node, m *connectors.Manager) *connectorCollector {
@@ -180,12 +184,22 @@ func newConnectorCollector(n *cluster.Node, m *connectors.Manager) *connectorCol
 			"1 while the connector runs on this node (an attempt is in progress), else 0.", []string{"connector"}, nil),
 		restarts: prometheus.NewDesc("lattice_connector_restarts_total",
 			"Attempts of the connector on this node that ended with an error and were retried, since the node started.", []string{"connector"}, nil),
+		rlWait: prometheus.NewDesc("lattice_connector_ratelimit_wait_seconds_total",
+			"Time the connector waited for its rate-limit budget (pool reads: capture, writes: projection), since it started on this node (an attempt).",
+			[]string{"connector", "pool"}, nil),
+		rlTokens: prometheus.NewDesc("lattice_connector_ratelimit_tokens",
+			"Rows the connector's rate-limit pool allows at once now (its budget, at most the burst).", []string{"connector", "pool"}, nil),
+		rlLimit: prometheus.NewDesc("lattice_connector_ratelimit_limit_rows_per_second",
+			"The connector's configured rate limit, by pool.", []string{"connector", "pool"}, nil),
 	}
 }
 
 func (c *connectorCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.running
 	ch <- c.restarts
+	ch <- c.rlWait
+	ch <- c.rlTokens
+	ch <- c.rlLimit
 }
 
 func (c *connectorCollector) Collect(ch chan<- prometheus.Metric) {
@@ -202,6 +216,13 @@ func (c *connectorCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(c.running, prometheus.GaugeValue, running, name)
 		if ok {
 			ch <- prometheus.MustNewConstMetric(c.restarts, prometheus.CounterValue, float64(s.Restarts), name)
+		}
+		if ok && s.Running && s.Report != nil {
+			for _, l := range s.Report.RateLimits {
+				ch <- prometheus.MustNewConstMetric(c.rlWait, prometheus.CounterValue, l.Waited.Seconds(), name, l.Pool)
+				ch <- prometheus.MustNewConstMetric(c.rlTokens, prometheus.GaugeValue, l.Tokens, name, l.Pool)
+				ch <- prometheus.MustNewConstMetric(c.rlLimit, prometheus.GaugeValue, l.Limit, name, l.Pool)
+			}
 		}
 	}
 }

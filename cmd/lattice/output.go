@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -277,6 +278,8 @@ func connectorError(cs *pb.ConnectorStatus) string {
 	switch {
 	case cs.GetOwnerUnreachable():
 		return cs.GetOwnerError()
+	case cs.GetPlacement().GetPaused() && cs.GetPlacement().GetPauseReason() != "":
+		return "paused: " + cs.GetPlacement().GetPauseReason()
 	case rt.GetReport().GetLastError() != "":
 		return rt.GetReport().GetLastError() + " (" + agoText(rt.GetReport().GetLastErrorAt()) + ")"
 	case rt.GetLastExitError() != "":
@@ -328,7 +331,14 @@ func printConnectorDetail(w io.Writer, answeredBy string, cs *pb.ConnectorStatus
 	if cs.GetOwnerUnreachable() {
 		row("owner error", cs.GetOwnerError())
 	}
-	row("paused", map[bool]string{true: "yes (lattice connectors resume " + p.GetName() + ")", false: "no"}[p.GetPaused()])
+	switch {
+	case p.GetPaused() && p.GetPauseReason() != "":
+		row("paused", "yes, by the connector: "+p.GetPauseReason())
+	case p.GetPaused():
+		row("paused", "yes (lattice connectors resume "+p.GetName()+")")
+	default:
+		row("paused", "no")
+	}
 	row("checkpoint", orDash(p.GetCheckpoint()))
 	if rt != nil {
 		row("owner since", timeText(rt.GetSince()))
@@ -360,6 +370,9 @@ func printConnectorDetail(w io.Writer, answeredBy string, cs *pb.ConnectorStatus
 		row("captured edits", fmt.Sprint(rep.GetCapturedEdits()))
 		row("projected records", fmt.Sprint(rep.GetProjectedRecords()))
 		row("dead letters", fmt.Sprintf("%d in the queue, %d sent since start (lattice connectors dlq list %s)", p.GetDeadLetters(), rep.GetDeadLettersSent(), p.GetName()))
+		for _, l := range rep.GetRateLimits() {
+			row("rate limit "+l.GetPool(), rateLimitText(l))
+		}
 		if rep.GetLastError() != "" {
 			row("last error", rep.GetLastError()+" ("+agoText(rep.GetLastErrorAt())+")")
 		} else {
@@ -371,4 +384,11 @@ func printConnectorDetail(w io.Writer, answeredBy string, cs *pb.ConnectorStatus
 	}
 	row("answered by", answeredBy)
 	return tw.Flush()
+}
+
+// rateLimitText describes a rate-limit pool on one line.
+func rateLimitText(l *pb.RateLimitPool) string {
+	return fmt.Sprintf("%s rows/s (burst %d): now %.1f rows/s, budget %.0f rows, %d rows and %s waiting since start",
+		strconv.FormatFloat(l.GetLimitPerSecond(), 'f', -1, 64), l.GetBurst(), l.GetRatePerSecond(), l.GetTokens(), l.GetRows(),
+		durText(l.GetWaitedSeconds()))
 }

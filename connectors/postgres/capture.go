@@ -63,6 +63,8 @@ type checkpoint struct {
 	// are written into the database.
 	Cursor map[string]uint64 `json:"cursor,omitempty"`
 	At     string            `json:"at,omitempty"`
+	// Limits is each rate-limit pool's budget when it was written (ratelimit.go).
+	Limits map[string]poolState `json:"rate_limits,omitempty"`
 }
 
 func (cp *checkpoint) cursor() (crdt.VV, bool) {
@@ -190,6 +192,7 @@ func (c *Connector) writeCheckpoint(ctx context.Context, pos position, snapshot 
 	}
 	cp := checkpoint{Slot: c.cfg.Slot, LSN: pos.LSN.String(), Snapshot: snapshot, Node: node, Seq: seq,
 		At: time.Now().UTC().Format(time.RFC3339Nano)}
+	cp.Limits = c.limits().state(time.Now()) // ratelimit.go
 	if pos.Commit != 0 {
 		cp.TxCommit, cp.TxChanges = pos.Commit.String(), pos.Changes
 	}
@@ -434,6 +437,10 @@ func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) e
 				ch.at, ch.historical = ch.updatedAt, true
 			}
 			c.remember(ch)
+			if err := c.limits().reads.take(ctx, 1, flush); err != nil { // rate limit: ratelimit.go
+				rows.Close()
+				return err
+			}
 			batch = append(batch, ch)
 			if len(batch) >= 2000 {
 				if err := flush(); err != nil {
@@ -592,6 +599,9 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			deleted := false
 			switch m := msg.(type) {
 			case *pglogrepl.RelationMessageV2:
+				if err := c.relationDrift(ctx, pl, &m.RelationMessage); err != nil { // schema drift: drift.go
+					return err
+				}
 				c.mu.Lock()
 				c.mu.relations[m.RelationID] = &m.RelationMessage
 				c.mu.Unlock()
@@ -644,6 +654,11 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 			}
 			if row == nil {
 				continue
+			}
+			if !tx.echo {
+				if err := pl.pace(); err != nil { // rate limit: ratelimit.go
+					return err
+				}
 			}
 			tx.changes++
 			pl.advance(position{LSN: pl.pos.LSN, Commit: tx.commit, Changes: tx.changes})

@@ -43,6 +43,8 @@ type Config struct {
 	// MaxOffset bounds how far a commit time may be from the node's clock
 	// to be used as the edit's timestamp.
 	MaxOffset time.Duration
+	// RateLimit bounds reads and writes in rows per second (ratelimit.go).
+	RateLimit RateLimit
 }
 
 // Table maps one table to an entity.
@@ -123,6 +125,7 @@ type rawConfig struct {
 	Acks        *int                `json:"acks"`
 	Mode        string              `json:"mode"`
 	Identity    string              `json:"replica_identity"`
+	RateLimit   json.RawMessage     `json:"rate_limit"` // ratelimit.go
 }
 
 // ParseConfig reads a connector declaration (the YAML mapping under
@@ -187,6 +190,9 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 	}
 	if c.Acks < 1 || c.Acks > 9 {
 		errs = append(errs, fmt.Errorf("connector %q: acks %d: want 1 (this node only) to 9 nodes", name, c.Acks))
+	}
+	if err := c.parseRateLimit(raw.RateLimit); err != nil { // ratelimit.go
+		errs = append(errs, err)
 	}
 	if len(raw.Tables) == 0 {
 		errs = append(errs, fmt.Errorf("connector %q: no tables", name))

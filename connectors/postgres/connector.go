@@ -78,6 +78,10 @@ type Connector struct {
 	prog      progress
 	dlq       connectors.DeadLetters
 	obs       connectors.Observer
+	// Schema drift (drift.go) and rate limits (ratelimit.go).
+	drift driftState
+	pause func(ctx context.Context, reason string) error
+	rl    limits
 }
 
 // WithObserver reports capture and projection lag.
@@ -154,7 +158,7 @@ func (c *Connector) Run(ctx context.Context) error {
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	errs := make(chan error, 3)
+	errs := make(chan error, 4)
 	var wg sync.WaitGroup
 	if c.cfg.Project {
 		sub, err := c.store.Subscribe(projectBuffer)
@@ -174,14 +178,14 @@ func (c *Connector) Run(ctx context.Context) error {
 				errs <- ctx.Err()
 				return
 			}
-			errs <- c.project(ctx, sub)
+			errs <- c.onDrift(ctx, c.project(ctx, sub)) // onDrift: drift.go
 		}()
 	}
 	if c.cfg.Capture {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs <- c.captureMode(ctx, conn)
+			errs <- c.onDrift(ctx, c.captureMode(ctx, conn)) // onDrift: drift.go
 		}()
 	}
 	if c.checkpoints != nil {
@@ -191,6 +195,12 @@ func (c *Connector) Run(ctx context.Context) error {
 			errs <- c.checkpointLoop(ctx)
 		}()
 	}
+	// Schema drift (drift.go): the catalog compared with the mapping now and then.
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		errs <- c.onDrift(ctx, c.watchSchema(ctx))
+	}()
 	var first error
 	select {
 	case first = <-errs:
@@ -224,6 +234,10 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 	if c.cfg.Capture && level != "logical" {
 		return fmt.Errorf("connector %s: %w (it is %q): set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL",
 			c.cfg.Name, ErrWalLevel, level)
+	}
+	// Schema drift (drift.go): a table or column the mapping needs is gone.
+	if err := c.checkSchema(ctx, conn); err != nil {
+		return c.onDrift(ctx, err)
 	}
 	c.colTypes = map[string]map[string]string{}
 	var tables []string

@@ -35,6 +35,55 @@
 // Unknown keys are refused at every level, and every error names the
 // connector, the table and the column, field or expression.
 //
+// Other connector keys: publication and slot (default lattice_<name>),
+// capture and project (both true by default), acks (nodes holding
+// captured edits before the source may release them, default 2), mode
+// (logical), replica_identity (full or default) and rate_limit (below).
+//
+// # Rate limits
+//
+//	connectors:
+//	  crm:
+//	    rate_limit: {reads: 2000, writes: 1000, burst: 500}
+//
+// rate_limit bounds, in rows per second, what the connector reads from the
+// database (reads: every row change capture takes, lattice's own writes
+// excepted, and every row of the initial snapshot) and writes into it
+// (writes: every record projection writes). Each is a token bucket; burst
+// is how many rows may go at once with a full budget (default: one
+// second's worth of each rate; 1 to 1,000,000). Rates are numbers of at
+// least 1; leave a pool out for no limit (rate_limit absent: unlimited).
+// reads needs capture on, writes needs project on. When the read budget is
+// short, capture waits before reading more (the replication slot keeps the
+// WAL meanwhile); when the write budget is short, projection waits before
+// a batch, and a batch never exceeds the burst. The budget is kept in the
+// connector's checkpoint, so a restarted or moved connector starts from
+// what was left rather than a full bucket (it may exceed the limit by what
+// the previous owner spent after its last checkpoint: about one second's
+// worth under load). lattice connectors status NAME shows each pool (limit,
+// burst, budget, measured rate, time waited); the metrics are
+// lattice_connector_ratelimit_wait_seconds_total,
+// lattice_connector_ratelimit_tokens and
+// lattice_connector_ratelimit_limit_rows_per_second{connector, pool}.
+//
+// # Schema changes
+//
+// The connector needs the key columns, the mapped columns and the columns
+// expressions read, with the types they had when it started. Other
+// changes of a mapped table (a column added, an unmapped column dropped or
+// retyped) are ignored. When a needed column is dropped or changes type,
+// or a mapped table disappears, the connector stops before applying any
+// change that depends on it and pauses itself (through Raft, in a
+// cluster) with a reason naming the table and column and the fix: restore
+// the column, or change the mapping with lattice config apply, then
+// lattice connectors resume NAME. It sees it in the change stream (logical
+// replication's Relation messages), in the catalog at start and every
+// 30 s, and when projection is refused for a missing or retyped column
+// (which is then not a dead letter). Resumed, it picks up where it paused;
+// if a needed column is still missing it pauses again, and a retyped
+// column left as it is is taken with its new type. Changes made while the
+// column was gone are captured without it (their field is not written).
+//
 // # Columns and type conversion
 //
 // A column entry is either the short form `column: field` or a mapping with

@@ -241,7 +241,7 @@ type projection struct {
 
 // projectRecord writes one record's resolved state in one transaction.
 func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, id string) error {
-	p, err := c.build(entity, id)
+	p, err := c.buildPaced(ctx, entity, id) // build within the write rate limit: ratelimit.go
 	if err != nil || p == nil {
 		return err
 	}
@@ -277,6 +277,19 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 // under a savepoint so a record the database refuses goes to the
 // dead-letter queue without undoing the others.
 func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records [][2]string) error {
+	// Rate limit (ratelimit.go): batches fit the write burst; wait for the
+	// budget before building, give back what is not written.
+	if parts, ok := c.writeParts(records); ok {
+		for _, part := range parts {
+			if err := c.projectBatch(ctx, conn, part); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if err := c.limits().writes.take(ctx, len(records), nil); err != nil {
+		return err
+	}
 	var ps []*projection
 	for _, r := range records {
 		p, err := c.buildOrQueue(ctx, r[0], r[1])
@@ -287,6 +300,7 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 			ps = append(ps, p)
 		}
 	}
+	c.limits().writes.giveBack(len(records) - len(ps)) // ratelimit.go
 	if len(ps) == 0 {
 		return nil
 	}
@@ -406,7 +420,7 @@ func (c *Connector) execMarks(ctx context.Context, tx pgx.Tx, ps []*projection) 
 func (c *Connector) execProjection(ctx context.Context, tx pgx.Tx, p *projection) error {
 	if _, err := tx.Exec(ctx, p.q, p.args...); err != nil {
 		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) && permanent(pgErr) {
+		if errors.As(err, &pgErr) && permanent(pgErr) && !schemaFailure(err) { // a schema change is no dead letter: drift.go
 			return &refusedError{err: err}
 		}
 		return fmt.Errorf("connector %s: projection of %s %s: %w", c.cfg.Name, p.entity, p.id, err)

@@ -2072,7 +2072,8 @@ type ConnectorStatus struct {
 	// state sums it up:
 	//
 	//	"unplaced"     no live node to run it (or no Raft leader yet);
-	//	"paused"       an operator paused it;
+	//	"paused"       an operator paused it, or it paused itself on a
+	//	               schema change (placement.pause_reason says why);
 	//	"starting"     connecting, preparing the source, catching up;
 	//	"snapshotting" reading the rows that existed before capture began;
 	//	"streaming"    following the source's changes and projecting;
@@ -2336,7 +2337,10 @@ type ConnectorReport struct {
 	// last_error_at is when last_error happened.
 	LastErrorAt *timestamppb.Timestamp `protobuf:"bytes,14,opt,name=last_error_at,json=lastErrorAt,proto3" json:"last_error_at,omitempty"`
 	// started_at is when this attempt started.
-	StartedAt     *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	StartedAt *timestamppb.Timestamp `protobuf:"bytes,15,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	// rate_limits are the connector's rate-limit pools, "reads" and/or
+	// "writes"; empty when it is not rate-limited.
+	RateLimits    []*RateLimitPool `protobuf:"bytes,16,rep,name=rate_limits,json=rateLimits,proto3" json:"rate_limits,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2476,6 +2480,116 @@ func (x *ConnectorReport) GetStartedAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *ConnectorReport) GetRateLimits() []*RateLimitPool {
+	if x != nil {
+		return x.RateLimits
+	}
+	return nil
+}
+
+// RateLimitPool is one of a connector's rate-limit pools (a token bucket).
+type RateLimitPool struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// pool is "reads" (rows captured from the source) or "writes" (rows
+	// projected into it).
+	Pool string `protobuf:"bytes,1,opt,name=pool,proto3" json:"pool,omitempty"`
+	// limit_per_second is the configured rate, in rows per second.
+	LimitPerSecond float64 `protobuf:"fixed64,2,opt,name=limit_per_second,json=limitPerSecond,proto3" json:"limit_per_second,omitempty"`
+	// burst is how many rows may go at once with a full budget.
+	Burst uint32 `protobuf:"varint,3,opt,name=burst,proto3" json:"burst,omitempty"`
+	// tokens is the budget available now, in rows (at most burst).
+	Tokens float64 `protobuf:"fixed64,4,opt,name=tokens,proto3" json:"tokens,omitempty"`
+	// rate_per_second is the rate of rows taken, measured over the last
+	// 10 seconds.
+	RatePerSecond float64 `protobuf:"fixed64,5,opt,name=rate_per_second,json=ratePerSecond,proto3" json:"rate_per_second,omitempty"`
+	// waited_seconds is the time spent waiting for budget since this attempt
+	// started.
+	WaitedSeconds float64 `protobuf:"fixed64,6,opt,name=waited_seconds,json=waitedSeconds,proto3" json:"waited_seconds,omitempty"`
+	// rows counts the rows taken from the pool since this attempt started.
+	Rows          uint64 `protobuf:"varint,7,opt,name=rows,proto3" json:"rows,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RateLimitPool) Reset() {
+	*x = RateLimitPool{}
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RateLimitPool) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RateLimitPool) ProtoMessage() {}
+
+func (x *RateLimitPool) ProtoReflect() protoreflect.Message {
+	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RateLimitPool.ProtoReflect.Descriptor instead.
+func (*RateLimitPool) Descriptor() ([]byte, []int) {
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RateLimitPool) GetPool() string {
+	if x != nil {
+		return x.Pool
+	}
+	return ""
+}
+
+func (x *RateLimitPool) GetLimitPerSecond() float64 {
+	if x != nil {
+		return x.LimitPerSecond
+	}
+	return 0
+}
+
+func (x *RateLimitPool) GetBurst() uint32 {
+	if x != nil {
+		return x.Burst
+	}
+	return 0
+}
+
+func (x *RateLimitPool) GetTokens() float64 {
+	if x != nil {
+		return x.Tokens
+	}
+	return 0
+}
+
+func (x *RateLimitPool) GetRatePerSecond() float64 {
+	if x != nil {
+		return x.RatePerSecond
+	}
+	return 0
+}
+
+func (x *RateLimitPool) GetWaitedSeconds() float64 {
+	if x != nil {
+		return x.WaitedSeconds
+	}
+	return 0
+}
+
+func (x *RateLimitPool) GetRows() uint64 {
+	if x != nil {
+		return x.Rows
+	}
+	return 0
+}
+
 // ApplyConfigRequest carries a YAML entity configuration.
 type ApplyConfigRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2489,7 +2603,7 @@ type ApplyConfigRequest struct {
 
 func (x *ApplyConfigRequest) Reset() {
 	*x = ApplyConfigRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2501,7 +2615,7 @@ func (x *ApplyConfigRequest) String() string {
 func (*ApplyConfigRequest) ProtoMessage() {}
 
 func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[30]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2514,7 +2628,7 @@ func (x *ApplyConfigRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigRequest.ProtoReflect.Descriptor instead.
 func (*ApplyConfigRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{30}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *ApplyConfigRequest) GetYaml() string {
@@ -2544,7 +2658,7 @@ type ApplyConfigResponse struct {
 
 func (x *ApplyConfigResponse) Reset() {
 	*x = ApplyConfigResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2556,7 +2670,7 @@ func (x *ApplyConfigResponse) String() string {
 func (*ApplyConfigResponse) ProtoMessage() {}
 
 func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[31]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2569,7 +2683,7 @@ func (x *ApplyConfigResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ApplyConfigResponse.ProtoReflect.Descriptor instead.
 func (*ApplyConfigResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{31}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *ApplyConfigResponse) GetIndex() uint64 {
@@ -2597,7 +2711,7 @@ type RemoveMemberRequest struct {
 
 func (x *RemoveMemberRequest) Reset() {
 	*x = RemoveMemberRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2723,7 @@ func (x *RemoveMemberRequest) String() string {
 func (*RemoveMemberRequest) ProtoMessage() {}
 
 func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[32]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2736,7 @@ func (x *RemoveMemberRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberRequest.ProtoReflect.Descriptor instead.
 func (*RemoveMemberRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{32}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RemoveMemberRequest) GetNode() string {
@@ -2641,7 +2755,7 @@ type RemoveMemberResponse struct {
 
 func (x *RemoveMemberResponse) Reset() {
 	*x = RemoveMemberResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2653,7 +2767,7 @@ func (x *RemoveMemberResponse) String() string {
 func (*RemoveMemberResponse) ProtoMessage() {}
 
 func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[33]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2666,7 +2780,7 @@ func (x *RemoveMemberResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RemoveMemberResponse.ProtoReflect.Descriptor instead.
 func (*RemoveMemberResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{33}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{34}
 }
 
 // LeaveRequest has no parameters.
@@ -2678,7 +2792,7 @@ type LeaveRequest struct {
 
 func (x *LeaveRequest) Reset() {
 	*x = LeaveRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2690,7 +2804,7 @@ func (x *LeaveRequest) String() string {
 func (*LeaveRequest) ProtoMessage() {}
 
 func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[34]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2703,7 +2817,7 @@ func (x *LeaveRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveRequest.ProtoReflect.Descriptor instead.
 func (*LeaveRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{34}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{35}
 }
 
 // LeaveResponse is empty.
@@ -2715,7 +2829,7 @@ type LeaveResponse struct {
 
 func (x *LeaveResponse) Reset() {
 	*x = LeaveResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2727,7 +2841,7 @@ func (x *LeaveResponse) String() string {
 func (*LeaveResponse) ProtoMessage() {}
 
 func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[35]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2740,7 +2854,7 @@ func (x *LeaveResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LeaveResponse.ProtoReflect.Descriptor instead.
 func (*LeaveResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{35}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{36}
 }
 
 // StatusRequest asks for this node's state.
@@ -2754,7 +2868,7 @@ type StatusRequest struct {
 
 func (x *StatusRequest) Reset() {
 	*x = StatusRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2766,7 +2880,7 @@ func (x *StatusRequest) String() string {
 func (*StatusRequest) ProtoMessage() {}
 
 func (x *StatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[36]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2779,7 +2893,7 @@ func (x *StatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusRequest.ProtoReflect.Descriptor instead.
 func (*StatusRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{36}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *StatusRequest) GetDigest() bool {
@@ -2818,7 +2932,7 @@ type StatusResponse struct {
 
 func (x *StatusResponse) Reset() {
 	*x = StatusResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[37]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2830,7 +2944,7 @@ func (x *StatusResponse) String() string {
 func (*StatusResponse) ProtoMessage() {}
 
 func (x *StatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[37]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2843,7 +2957,7 @@ func (x *StatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StatusResponse.ProtoReflect.Descriptor instead.
 func (*StatusResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{37}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *StatusResponse) GetNodeId() string {
@@ -2926,14 +3040,18 @@ type ConnectorPlacement struct {
 	// checkpoint is the connector's last recorded source position (JSON).
 	Checkpoint string `protobuf:"bytes,6,opt,name=checkpoint,proto3" json:"checkpoint,omitempty"`
 	// dead_letters counts entries in its dead-letter queue.
-	DeadLetters   uint32 `protobuf:"varint,7,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	DeadLetters uint32 `protobuf:"varint,7,opt,name=dead_letters,json=deadLetters,proto3" json:"dead_letters,omitempty"`
+	// pause_reason says why the connector paused itself (a schema change it
+	// cannot go on with: which table and column changed, and what to do);
+	// empty when an operator paused it, or when it is not paused.
+	PauseReason   string `protobuf:"bytes,8,opt,name=pause_reason,json=pauseReason,proto3" json:"pause_reason,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ConnectorPlacement) Reset() {
 	*x = ConnectorPlacement{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[38]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2945,7 +3063,7 @@ func (x *ConnectorPlacement) String() string {
 func (*ConnectorPlacement) ProtoMessage() {}
 
 func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[38]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2958,7 +3076,7 @@ func (x *ConnectorPlacement) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectorPlacement.ProtoReflect.Descriptor instead.
 func (*ConnectorPlacement) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{38}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ConnectorPlacement) GetName() string {
@@ -3010,6 +3128,13 @@ func (x *ConnectorPlacement) GetDeadLetters() uint32 {
 	return 0
 }
 
+func (x *ConnectorPlacement) GetPauseReason() string {
+	if x != nil {
+		return x.PauseReason
+	}
+	return ""
+}
+
 // MembersRequest has no parameters.
 type MembersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3019,7 +3144,7 @@ type MembersRequest struct {
 
 func (x *MembersRequest) Reset() {
 	*x = MembersRequest{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[39]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3031,7 +3156,7 @@ func (x *MembersRequest) String() string {
 func (*MembersRequest) ProtoMessage() {}
 
 func (x *MembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[39]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3044,7 +3169,7 @@ func (x *MembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersRequest.ProtoReflect.Descriptor instead.
 func (*MembersRequest) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{39}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{40}
 }
 
 // MembersResponse lists cluster members.
@@ -3058,7 +3183,7 @@ type MembersResponse struct {
 
 func (x *MembersResponse) Reset() {
 	*x = MembersResponse{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[40]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3070,7 +3195,7 @@ func (x *MembersResponse) String() string {
 func (*MembersResponse) ProtoMessage() {}
 
 func (x *MembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[40]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3083,7 +3208,7 @@ func (x *MembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MembersResponse.ProtoReflect.Descriptor instead.
 func (*MembersResponse) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{40}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *MembersResponse) GetMembers() []*Member {
@@ -3125,7 +3250,7 @@ type Member struct {
 
 func (x *Member) Reset() {
 	*x = Member{}
-	mi := &file_lattice_v1_lattice_proto_msgTypes[41]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3137,7 +3262,7 @@ func (x *Member) String() string {
 func (*Member) ProtoMessage() {}
 
 func (x *Member) ProtoReflect() protoreflect.Message {
-	mi := &file_lattice_v1_lattice_proto_msgTypes[41]
+	mi := &file_lattice_v1_lattice_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3150,7 +3275,7 @@ func (x *Member) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Member.ProtoReflect.Descriptor instead.
 func (*Member) Descriptor() ([]byte, []int) {
-	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{41}
+	return file_lattice_v1_lattice_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *Member) GetId() string {
@@ -3395,7 +3520,7 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\n" +
 	"next_retry\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\tnextRetry\x123\n" +
 	"\x06report\x18\n" +
-	" \x01(\v2\x1b.lattice.v1.ConnectorReportR\x06report\"\xdd\x05\n" +
+	" \x01(\v2\x1b.lattice.v1.ConnectorReportR\x06report\"\x99\x06\n" +
 	"\x0fConnectorReport\x12\x12\n" +
 	"\x04mode\x18\x01 \x01(\tR\x04mode\x12\x14\n" +
 	"\x05state\x18\x02 \x01(\tR\x05state\x12'\n" +
@@ -3414,7 +3539,17 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"last_error\x18\r \x01(\tR\tlastError\x12>\n" +
 	"\rlast_error_at\x18\x0e \x01(\v2\x1a.google.protobuf.TimestampR\vlastErrorAt\x129\n" +
 	"\n" +
-	"started_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\"D\n" +
+	"started_at\x18\x0f \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12:\n" +
+	"\vrate_limits\x18\x10 \x03(\v2\x19.lattice.v1.RateLimitPoolR\n" +
+	"rateLimits\"\xde\x01\n" +
+	"\rRateLimitPool\x12\x12\n" +
+	"\x04pool\x18\x01 \x01(\tR\x04pool\x12(\n" +
+	"\x10limit_per_second\x18\x02 \x01(\x01R\x0elimitPerSecond\x12\x14\n" +
+	"\x05burst\x18\x03 \x01(\rR\x05burst\x12\x16\n" +
+	"\x06tokens\x18\x04 \x01(\x01R\x06tokens\x12&\n" +
+	"\x0frate_per_second\x18\x05 \x01(\x01R\rratePerSecond\x12%\n" +
+	"\x0ewaited_seconds\x18\x06 \x01(\x01R\rwaitedSeconds\x12\x12\n" +
+	"\x04rows\x18\a \x01(\x04R\x04rows\"D\n" +
 	"\x12ApplyConfigRequest\x12\x12\n" +
 	"\x04yaml\x18\x01 \x01(\tR\x04yaml\x12\x1a\n" +
 	"\bfilename\x18\x02 \x01(\tR\bfilename\"G\n" +
@@ -3440,7 +3575,7 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\ttruncated\x18\b \x01(\v2\x19.lattice.v1.VersionVectorR\ttruncated\x12>\n" +
 	"\n" +
 	"connectors\x18\t \x03(\v2\x1e.lattice.v1.ConnectorPlacementR\n" +
-	"connectors\"\xc1\x01\n" +
+	"connectors\"\xe4\x01\n" +
 	"\x12ConnectorPlacement\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
 	"\x04kind\x18\x02 \x01(\tR\x04kind\x12\x12\n" +
@@ -3450,7 +3585,8 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\n" +
 	"checkpoint\x18\x06 \x01(\tR\n" +
 	"checkpoint\x12!\n" +
-	"\fdead_letters\x18\a \x01(\rR\vdeadLetters\"\x10\n" +
+	"\fdead_letters\x18\a \x01(\rR\vdeadLetters\x12!\n" +
+	"\fpause_reason\x18\b \x01(\tR\vpauseReason\"\x10\n" +
 	"\x0eMembersRequest\"?\n" +
 	"\x0fMembersResponse\x12,\n" +
 	"\amembers\x18\x01 \x03(\v2\x12.lattice.v1.MemberR\amembers\"\xc4\x02\n" +
@@ -3510,7 +3646,7 @@ func file_lattice_v1_lattice_proto_rawDescGZIP() []byte {
 }
 
 var file_lattice_v1_lattice_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 44)
+var file_lattice_v1_lattice_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_lattice_v1_lattice_proto_goTypes = []any{
 	(Fate)(0),                       // 0: lattice.v1.Fate
 	(*Value)(nil),                   // 1: lattice.v1.Value
@@ -3543,29 +3679,30 @@ var file_lattice_v1_lattice_proto_goTypes = []any{
 	(*ConnectorStatus)(nil),         // 28: lattice.v1.ConnectorStatus
 	(*ConnectorRuntime)(nil),        // 29: lattice.v1.ConnectorRuntime
 	(*ConnectorReport)(nil),         // 30: lattice.v1.ConnectorReport
-	(*ApplyConfigRequest)(nil),      // 31: lattice.v1.ApplyConfigRequest
-	(*ApplyConfigResponse)(nil),     // 32: lattice.v1.ApplyConfigResponse
-	(*RemoveMemberRequest)(nil),     // 33: lattice.v1.RemoveMemberRequest
-	(*RemoveMemberResponse)(nil),    // 34: lattice.v1.RemoveMemberResponse
-	(*LeaveRequest)(nil),            // 35: lattice.v1.LeaveRequest
-	(*LeaveResponse)(nil),           // 36: lattice.v1.LeaveResponse
-	(*StatusRequest)(nil),           // 37: lattice.v1.StatusRequest
-	(*StatusResponse)(nil),          // 38: lattice.v1.StatusResponse
-	(*ConnectorPlacement)(nil),      // 39: lattice.v1.ConnectorPlacement
-	(*MembersRequest)(nil),          // 40: lattice.v1.MembersRequest
-	(*MembersResponse)(nil),         // 41: lattice.v1.MembersResponse
-	(*Member)(nil),                  // 42: lattice.v1.Member
-	nil,                             // 43: lattice.v1.VersionVector.EntriesEntry
-	nil,                             // 44: lattice.v1.PutRequest.FieldsEntry
-	(structpb.NullValue)(0),         // 45: google.protobuf.NullValue
-	(*timestamppb.Timestamp)(nil),   // 46: google.protobuf.Timestamp
+	(*RateLimitPool)(nil),           // 31: lattice.v1.RateLimitPool
+	(*ApplyConfigRequest)(nil),      // 32: lattice.v1.ApplyConfigRequest
+	(*ApplyConfigResponse)(nil),     // 33: lattice.v1.ApplyConfigResponse
+	(*RemoveMemberRequest)(nil),     // 34: lattice.v1.RemoveMemberRequest
+	(*RemoveMemberResponse)(nil),    // 35: lattice.v1.RemoveMemberResponse
+	(*LeaveRequest)(nil),            // 36: lattice.v1.LeaveRequest
+	(*LeaveResponse)(nil),           // 37: lattice.v1.LeaveResponse
+	(*StatusRequest)(nil),           // 38: lattice.v1.StatusRequest
+	(*StatusResponse)(nil),          // 39: lattice.v1.StatusResponse
+	(*ConnectorPlacement)(nil),      // 40: lattice.v1.ConnectorPlacement
+	(*MembersRequest)(nil),          // 41: lattice.v1.MembersRequest
+	(*MembersResponse)(nil),         // 42: lattice.v1.MembersResponse
+	(*Member)(nil),                  // 43: lattice.v1.Member
+	nil,                             // 44: lattice.v1.VersionVector.EntriesEntry
+	nil,                             // 45: lattice.v1.PutRequest.FieldsEntry
+	(structpb.NullValue)(0),         // 46: google.protobuf.NullValue
+	(*timestamppb.Timestamp)(nil),   // 47: google.protobuf.Timestamp
 }
 var file_lattice_v1_lattice_proto_depIdxs = []int32{
-	45, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
-	46, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
-	43, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
+	46, // 0: lattice.v1.Value.null:type_name -> google.protobuf.NullValue
+	47, // 1: lattice.v1.Value.timestamp_value:type_name -> google.protobuf.Timestamp
+	44, // 2: lattice.v1.VersionVector.entries:type_name -> lattice.v1.VersionVector.EntriesEntry
 	1,  // 3: lattice.v1.Version.value:type_name -> lattice.v1.Value
-	46, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
+	47, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
 	2,  // 5: lattice.v1.Version.dot:type_name -> lattice.v1.Dot
 	3,  // 6: lattice.v1.Version.context:type_name -> lattice.v1.VersionVector
 	1,  // 7: lattice.v1.FieldState.value:type_name -> lattice.v1.Value
@@ -3574,7 +3711,7 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	5,  // 10: lattice.v1.Record.fields:type_name -> lattice.v1.FieldState
 	6,  // 11: lattice.v1.BatchGetResponse.records:type_name -> lattice.v1.Record
 	6,  // 12: lattice.v1.ListResponse.records:type_name -> lattice.v1.Record
-	44, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
+	45, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
 	2,  // 14: lattice.v1.PutResponse.dot:type_name -> lattice.v1.Dot
 	6,  // 15: lattice.v1.PutResponse.record:type_name -> lattice.v1.Record
 	1,  // 16: lattice.v1.ResolveRequest.value:type_name -> lattice.v1.Value
@@ -3583,69 +3720,70 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	0,  // 19: lattice.v1.HistoryEntry.fate:type_name -> lattice.v1.Fate
 	2,  // 20: lattice.v1.HistoryEntry.by:type_name -> lattice.v1.Dot
 	6,  // 21: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
-	46, // 22: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
+	47, // 22: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
 	24, // 23: lattice.v1.DeadLettersResponse.entries:type_name -> lattice.v1.DeadLetter
 	28, // 24: lattice.v1.ConnectorStatusResponse.connectors:type_name -> lattice.v1.ConnectorStatus
-	39, // 25: lattice.v1.ConnectorStatus.placement:type_name -> lattice.v1.ConnectorPlacement
+	40, // 25: lattice.v1.ConnectorStatus.placement:type_name -> lattice.v1.ConnectorPlacement
 	29, // 26: lattice.v1.ConnectorStatus.runtime:type_name -> lattice.v1.ConnectorRuntime
-	46, // 27: lattice.v1.ConnectorRuntime.since:type_name -> google.protobuf.Timestamp
-	46, // 28: lattice.v1.ConnectorRuntime.last_exit_at:type_name -> google.protobuf.Timestamp
-	46, // 29: lattice.v1.ConnectorRuntime.next_retry:type_name -> google.protobuf.Timestamp
+	47, // 27: lattice.v1.ConnectorRuntime.since:type_name -> google.protobuf.Timestamp
+	47, // 28: lattice.v1.ConnectorRuntime.last_exit_at:type_name -> google.protobuf.Timestamp
+	47, // 29: lattice.v1.ConnectorRuntime.next_retry:type_name -> google.protobuf.Timestamp
 	30, // 30: lattice.v1.ConnectorRuntime.report:type_name -> lattice.v1.ConnectorReport
 	3,  // 31: lattice.v1.ConnectorReport.projection_cursor:type_name -> lattice.v1.VersionVector
-	46, // 32: lattice.v1.ConnectorReport.last_capture:type_name -> google.protobuf.Timestamp
-	46, // 33: lattice.v1.ConnectorReport.last_projection:type_name -> google.protobuf.Timestamp
-	46, // 34: lattice.v1.ConnectorReport.last_error_at:type_name -> google.protobuf.Timestamp
-	46, // 35: lattice.v1.ConnectorReport.started_at:type_name -> google.protobuf.Timestamp
-	3,  // 36: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
-	3,  // 37: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
-	39, // 38: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
-	42, // 39: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
-	3,  // 40: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
-	1,  // 41: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
-	7,  // 42: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
-	8,  // 43: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
-	10, // 44: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
-	12, // 45: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
-	14, // 46: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
-	15, // 47: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
-	16, // 48: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
-	19, // 49: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
-	37, // 50: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
-	40, // 51: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
-	31, // 52: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
-	33, // 53: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
-	35, // 54: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
-	22, // 55: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
-	23, // 56: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
-	23, // 57: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
-	21, // 58: lattice.v1.Cluster.PauseConnector:input_type -> lattice.v1.ConnectorRequest
-	21, // 59: lattice.v1.Cluster.ResumeConnector:input_type -> lattice.v1.ConnectorRequest
-	26, // 60: lattice.v1.Cluster.ConnectorStatus:input_type -> lattice.v1.ConnectorStatusRequest
-	6,  // 61: lattice.v1.Records.Get:output_type -> lattice.v1.Record
-	9,  // 62: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
-	11, // 63: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
-	13, // 64: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
-	13, // 65: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
-	13, // 66: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
-	17, // 67: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
-	20, // 68: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
-	38, // 69: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
-	41, // 70: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
-	32, // 71: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
-	34, // 72: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
-	36, // 73: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
-	25, // 74: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	25, // 75: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	25, // 76: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	39, // 77: lattice.v1.Cluster.PauseConnector:output_type -> lattice.v1.ConnectorPlacement
-	39, // 78: lattice.v1.Cluster.ResumeConnector:output_type -> lattice.v1.ConnectorPlacement
-	27, // 79: lattice.v1.Cluster.ConnectorStatus:output_type -> lattice.v1.ConnectorStatusResponse
-	61, // [61:80] is the sub-list for method output_type
-	42, // [42:61] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	47, // 32: lattice.v1.ConnectorReport.last_capture:type_name -> google.protobuf.Timestamp
+	47, // 33: lattice.v1.ConnectorReport.last_projection:type_name -> google.protobuf.Timestamp
+	47, // 34: lattice.v1.ConnectorReport.last_error_at:type_name -> google.protobuf.Timestamp
+	47, // 35: lattice.v1.ConnectorReport.started_at:type_name -> google.protobuf.Timestamp
+	31, // 36: lattice.v1.ConnectorReport.rate_limits:type_name -> lattice.v1.RateLimitPool
+	3,  // 37: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
+	3,  // 38: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
+	40, // 39: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
+	43, // 40: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
+	3,  // 41: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
+	1,  // 42: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
+	7,  // 43: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
+	8,  // 44: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
+	10, // 45: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
+	12, // 46: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
+	14, // 47: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
+	15, // 48: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
+	16, // 49: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
+	19, // 50: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
+	38, // 51: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
+	41, // 52: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
+	32, // 53: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
+	34, // 54: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
+	36, // 55: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
+	22, // 56: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
+	23, // 57: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	23, // 58: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	21, // 59: lattice.v1.Cluster.PauseConnector:input_type -> lattice.v1.ConnectorRequest
+	21, // 60: lattice.v1.Cluster.ResumeConnector:input_type -> lattice.v1.ConnectorRequest
+	26, // 61: lattice.v1.Cluster.ConnectorStatus:input_type -> lattice.v1.ConnectorStatusRequest
+	6,  // 62: lattice.v1.Records.Get:output_type -> lattice.v1.Record
+	9,  // 63: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
+	11, // 64: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
+	13, // 65: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
+	13, // 66: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
+	13, // 67: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
+	17, // 68: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
+	20, // 69: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
+	39, // 70: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
+	42, // 71: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
+	33, // 72: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
+	35, // 73: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
+	37, // 74: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
+	25, // 75: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	25, // 76: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	25, // 77: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	40, // 78: lattice.v1.Cluster.PauseConnector:output_type -> lattice.v1.ConnectorPlacement
+	40, // 79: lattice.v1.Cluster.ResumeConnector:output_type -> lattice.v1.ConnectorPlacement
+	27, // 80: lattice.v1.Cluster.ConnectorStatus:output_type -> lattice.v1.ConnectorStatusResponse
+	62, // [62:81] is the sub-list for method output_type
+	43, // [43:62] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_lattice_v1_lattice_proto_init() }
@@ -3670,7 +3808,7 @@ func file_lattice_v1_lattice_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_lattice_v1_lattice_proto_rawDesc), len(file_lattice_v1_lattice_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   44,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
