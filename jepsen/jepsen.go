@@ -293,7 +293,8 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 		r.Errors = append(r.Errors, "final heal: "+err.Error())
 	}
 	rec.Event(history.Event{Kind: "heal"})
-	r.Heal = time.Since(t0).Seconds()
+	healed := time.Now()
+	r.Heal = healed.Sub(t0).Seconds()
 	traffic.Wait()
 	trafficEnd := time.Now()
 	log.Info("traffic stopped; waiting for convergence")
@@ -308,6 +309,7 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 	} else {
 		in.ConvergeTook = time.Since(trafficEnd)
 		r.ConvergeSeconds = in.ConvergeTook.Seconds()
+		r.ConvergeAfterHeal = time.Since(healed).Seconds()
 	}
 	for _, nd := range cl.Nodes {
 		mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -318,6 +320,10 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 				r.ClockRefusals[nd.ID] += m.GetClockRefusals()
 			}
 		}
+	}
+	r.RefusalLogLines = map[string]int{}
+	for _, nd := range cl.Nodes {
+		r.RefusalLogLines[nd.ID] = countLines(nd.Log, "ahead of the local clock")
 	}
 	var keys []string
 	for k := 0; k < cfg.Keys; k++ {
@@ -372,6 +378,21 @@ func injections(events []history.Event, samples []history.Sample, t0 time.Time) 
 		}
 	}
 	return out
+}
+
+// countLines counts the lines of file that contain s.
+func countLines(file, s string) int {
+	b, err := os.ReadFile(file)
+	if err != nil {
+		return 0
+	}
+	n := 0
+	for _, l := range strings.Split(string(b), "\n") {
+		if strings.Contains(l, s) {
+			n++
+		}
+	}
+	return n
 }
 
 // sample reads the node's status every interval until ctx ends.

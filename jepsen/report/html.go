@@ -179,7 +179,7 @@ code,pre{background:#f5f5f5;padding:2px 4px}pre{white-space:pre-wrap;font-size:1
 </style></head><body>
 <h1>lattice jepsen — run {{.R.Index}}, seed {{.R.Seed}}: {{if .R.Valid}}<span class="pass">PASS</span>{{else}}<span class="fail">FAIL ({{.R.Violations}} violations)</span>{{end}}</h1>
 <p>Workload <b>{{.R.Workload}}</b> on {{.R.Nodes}} nodes for {{f1 .R.Duration}} s; faults: {{join .R.Faults}}.
-Converged {{f2 .R.ConvergeSeconds}} s after traffic stopped{{if .R.ConvergeError}} — <span class="fail">{{.R.ConvergeError}}</span>{{end}}.
+Converged {{f2 .R.ConvergeSeconds}} s after traffic stopped ({{f2 .R.ConvergeAfterHeal}} s after the final heal){{if .R.ConvergeError}} — <span class="fail">{{.R.ConvergeError}}</span>{{end}}.
 Run took {{f1 .R.Took}} s.</p>
 <p>Reproduce: <code>{{.R.Reproduce}}</code></p>
 {{if .R.Errors}}<h2>Harness errors</h2><ul>{{range .R.Errors}}<li class="fail">{{.}}</li>{{end}}</ul>{{end}}
@@ -198,7 +198,8 @@ Run took {{f1 .R.Took}} s.</p>
 {{range $k, $v := .R.Ops.ByKind}}<tr><td>{{$k}}</td><td>{{index $v "ok"}}</td><td>{{index $v "fail"}}</td><td>{{index $v "unknown"}}</td></tr>{{end}}
 </table>
 <p>{{.R.Ops.Total}} operations, {{f1 .R.Ops.PerSecond}} ok/s; ok latency p50 {{f2 .R.Ops.Latency.P50}} ms, p95 {{f2 .R.Ops.Latency.P95}} ms, p99 {{f2 .R.Ops.Latency.P99}} ms, max {{f1 .R.Ops.Latency.Max}} ms.
-Clock refusals (edits refused for a timestamp beyond max-offset, by receiving node): {{.Refusals}}.</p>
+Clock refusals (edits refused for a timestamp beyond max-offset, by receiving node, since its last start): {{.Refusals}};
+log lines reporting them: {{.RefusalLogs}}.</p>
 <h2>Faults</h2>
 <table><tr><th>#</th><th>fault</th><th>what</th><th>start s</th><th>stop s</th><th>recovery s</th><th>errors</th></tr>
 {{range .R.Injections}}<tr><td>{{.Step}}</td><td>{{.Fault}}</td><td>{{.Desc}}</td><td>{{f1 .Start}}</td><td>{{f1 .Stop}}</td><td>{{if lt .Recovery 0.0}}-{{else}}{{f2 .Recovery}}{{end}}</td><td>{{.StartErr}} {{.StopErr}}</td></tr>{{end}}
@@ -221,8 +222,9 @@ func runPage(w io.Writer, r *Run, ops []history.Op) error {
 		checks = append(checks, v)
 	}
 	ref, _ := json.Marshal(r.ClockRefusals)
+	logs, _ := json.Marshal(r.RefusalLogLines)
 	return runTmpl.Execute(w, map[string]any{"R": r, "Checks": checks, "Latency": latencyChart(r, pairs),
-		"Throughput": throughputChart(r, pairs), "Refusals": string(ref)})
+		"Throughput": throughputChart(r, pairs), "Refusals": string(ref), "RefusalLogs": string(logs)})
 }
 
 var suiteTmpl = template.Must(template.New("suite").Funcs(funcs).Parse(`<!doctype html>

@@ -83,9 +83,15 @@ type Run struct {
 	// stopped; ConvergeError is set when they did not in time.
 	ConvergeSeconds float64 `json:"converge_s"`
 	ConvergeError   string  `json:"converge_error,omitempty"`
+	// ConvergeAfterHeal is how long after the final heal the nodes agreed
+	// (traffic ran on for the tail in between).
+	ConvergeAfterHeal float64 `json:"converge_after_heal_s"`
 	// ClockRefusals counts, per receiving node, edits refused because their
 	// timestamp was beyond max-offset ahead.
 	ClockRefusals map[string]uint64 `json:"clock_refusals"`
+	// RefusalLogLines counts, per node, log lines with crdt.OffsetError's
+	// message (the agent logs refusals at debug level only: 0 at info).
+	RefusalLogLines map[string]int `json:"refusal_log_lines"`
 	Checks        []check.Result    `json:"checks"`
 	// Errors are harness failures (a node that would not restart, ...).
 	Errors []string `json:"errors,omitempty"`
