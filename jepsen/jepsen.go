@@ -363,6 +363,7 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 // injections pairs the start and stop events of each step.
 func injections(events []history.Event, samples []history.Sample, t0 time.Time) []report.Injection {
 	var out []report.Injection
+	var stops []int64 // Unix ns, by injection
 	idx := map[int]int{}
 	sec := func(t int64) float64 { return float64(t-t0.UnixNano()) / 1e9 }
 	for _, e := range events {
@@ -370,12 +371,23 @@ func injections(events []history.Event, samples []history.Sample, t0 time.Time) 
 		case "start":
 			idx[e.Step] = len(out)
 			out = append(out, report.Injection{Step: e.Step, Fault: e.Fault, Desc: e.Desc, Targets: e.Targets, Start: sec(e.Time), StartErr: e.Error, Recovery: -1})
+			stops = append(stops, 0)
 		case "stop":
 			if i, ok := idx[e.Step]; ok {
 				out[i].Stop, out[i].StopErr = sec(e.Time), e.Error
-				out[i].Recovery = report.Recovery(samples, e.Time)
+				stops[i] = e.Time
 			}
 		}
+	}
+	for i := range out {
+		if stops[i] == 0 {
+			continue
+		}
+		until := int64(1<<63 - 1)
+		if i+1 < len(out) {
+			until = t0.UnixNano() + int64(out[i+1].Start*1e9)
+		}
+		out[i].Recovery = report.Recovery(samples, stops[i], until)
 	}
 	return out
 }
@@ -455,9 +467,9 @@ func Progress(w io.Writer) func(*report.Run) {
 		if !r.Valid {
 			verdict = fmt.Sprintf("FAIL (%d violations, %d errors)", r.Violations, len(r.Errors))
 		}
-		fmt.Fprintf(w, "run %d seed %d: %s: %d ops (%d ok, %d unknown, %d fail), %d faults, converged in %.2fs, %.0fs\n",
+		fmt.Fprintf(w, "run %d seed %d: %s: %d ops (%d ok, %d unknown, %d fail), %d faults, converged %.2fs after traffic stopped (%.1fs after the final heal), %.0fs\n",
 			r.Index, r.Seed, verdict, r.Ops.Total, r.Ops.ByType[history.OK], r.Ops.ByType[history.Unknown],
-			r.Ops.ByType[history.Fail], len(r.Injections), r.ConvergeSeconds, r.Took)
+			r.Ops.ByType[history.Fail], len(r.Injections), r.ConvergeSeconds, r.ConvergeAfterHeal, r.Took)
 		for _, c := range r.Checks {
 			if !c.Valid {
 				fmt.Fprintf(w, "  %s: %d violations, e.g. %s\n", c.Name, c.Count, first(c.Violations))

@@ -125,7 +125,7 @@ type Event struct {
 	// Fault is the fault's registry name; Desc what the injection did.
 	Fault   string   `json:"fault,omitempty"`
 	Desc    string   `json:"desc,omitempty"`
-	Step    int      `json:"step,omitempty"`
+	Step    int      `json:"step"`
 	Targets []string `json:"targets,omitempty"`
 	// OffsetMS is the clock offset set on Targets (kind "clock").
 	OffsetMS int64  `json:"offset_ms,omitempty"`

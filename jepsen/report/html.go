@@ -201,7 +201,7 @@ Run took {{f1 .R.Took}} s.</p>
 Clock refusals (edits refused for a timestamp beyond max-offset, by receiving node, since its last start): {{.Refusals}};
 log lines reporting them: {{.RefusalLogs}}.</p>
 <h2>Faults</h2>
-<table><tr><th>#</th><th>fault</th><th>what</th><th>start s</th><th>stop s</th><th>recovery s</th><th>errors</th></tr>
+<table><tr><th>#</th><th>fault</th><th>what</th><th>start s</th><th>stop s</th><th title="until every node had applied what any node had at the stop; - : not before the next fault">recovery s</th><th>errors</th></tr>
 {{range .R.Injections}}<tr><td>{{.Step}}</td><td>{{.Fault}}</td><td>{{.Desc}}</td><td>{{f1 .Start}}</td><td>{{f1 .Stop}}</td><td>{{if lt .Recovery 0.0}}-{{else}}{{f2 .Recovery}}{{end}}</td><td>{{.StartErr}} {{.StopErr}}</td></tr>{{end}}
 </table>
 <p>Files: <a href="history.jsonl">history.jsonl</a> (operations), <a href="events.jsonl">events.jsonl</a> (faults, clock offsets),

@@ -37,7 +37,8 @@ type Injection struct {
 	StartErr string   `json:"start_error,omitempty"`
 	StopErr  string   `json:"stop_error,omitempty"`
 	// Recovery is how long after the stop every node had applied what any
-	// node had applied at the stop (-1: not within the run).
+	// node had applied at the stop (-1: not before the next injection
+	// started, or the run ended).
 	Recovery float64 `json:"recovery_s"`
 }
 
@@ -92,7 +93,7 @@ type Run struct {
 	// RefusalLogLines counts, per node, log lines with crdt.OffsetError's
 	// message (the agent logs refusals at debug level only: 0 at info).
 	RefusalLogLines map[string]int `json:"refusal_log_lines"`
-	Checks        []check.Result    `json:"checks"`
+	Checks          []check.Result `json:"checks"`
 	// Errors are harness failures (a node that would not restart, ...).
 	Errors []string `json:"errors,omitempty"`
 	Valid  bool     `json:"valid"`
@@ -150,8 +151,9 @@ func Summarize(ops []history.Op, t0 time.Time, d time.Duration) Ops {
 
 // Recovery returns, for a stop at time stop (Unix ns), how long until every
 // node had applied what any node had applied at the stop, from the status
-// samples; -1 if that did not happen.
-func Recovery(samples []history.Sample, stop int64) float64 {
+// samples; -1 if that did not happen before until (the next injection's
+// start: a later fault would be measured, not this one's aftermath).
+func Recovery(samples []history.Sample, stop, until int64) float64 {
 	target := map[string]uint64{}
 	latest := map[string]int64{}
 	for _, s := range samples {
@@ -173,7 +175,7 @@ func Recovery(samples []history.Sample, stop int64) float64 {
 	for n := range nodes {
 		var first int64 = -1
 		for _, s := range samples {
-			if s.Node != n || s.Error != "" || s.Complete < stop {
+			if s.Node != n || s.Error != "" || s.Complete < stop || s.Complete > until {
 				continue
 			}
 			ok := true
