@@ -336,7 +336,7 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 	r.Checks = check.Run(in, check.All())
 
 	// Report.
-	r.Ops = report.Summarize(in.Ops, t0, cfg.Duration)
+	r.Ops = report.Summarize(in.Ops, cfg.Duration)
 	r.Injections = injections(in.Events, in.Samples, t0)
 	for _, in := range r.Injections {
 		if in.StartErr != "" || in.StopErr != "" {

@@ -183,9 +183,6 @@ func NewRecorder(dir string) (*Recorder, error) {
 	return r, nil
 }
 
-// NewMemory returns a Recorder that keeps lines in memory only (tests).
-func NewMemory() *Recorder { return &Recorder{} }
-
 func (r *Recorder) write(e *json.Encoder, v any) {
 	if e == nil || r.err != nil {
 		return

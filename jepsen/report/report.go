@@ -118,8 +118,8 @@ func (r *Run) Finish() {
 }
 
 // Summarize computes the operation statistics of a history whose traffic
-// started at t0 and lasted d.
-func Summarize(ops []history.Op, t0 time.Time, d time.Duration) Ops {
+// lasted d.
+func Summarize(ops []history.Op, d time.Duration) Ops {
 	out := Ops{ByType: map[string]int{}, ByKind: map[string]map[string]int{}}
 	var lat []float64
 	for _, p := range history.Pairs(ops) {
@@ -145,7 +145,6 @@ func Summarize(ops []history.Op, t0 time.Time, d time.Duration) Ops {
 	if d > 0 {
 		out.PerSecond = float64(out.ByType[history.OK]) / d.Seconds()
 	}
-	_ = t0
 	return out
 }
 
