@@ -46,8 +46,12 @@ bench: ## run the benchmarks quoted in BENCHMARKS.md
 	LATTICE_BENCH_REPS=3 $(GO) test ./connectors/postgres/ -run '^$$' -bench . -benchtime 1x -timeout 30m
 
 .PHONY: jepsen
-jepsen: ## fault-injection suite (see jepsen/README.md)
-	@echo "the fault harness is not built yet (issue: jepsen/)"; exit 1
+jepsen: deps ## fault-injection suite: 20 runs of 60 s with every fault (pass flags with ARGS='--runs 3 --seed 7 --faults partition,kill'; see jepsen/README.md)
+	$(GO) run ./cmd/lattice-jepsen $(ARGS)
+
+.PHONY: jepsen-scenarios
+jepsen-scenarios: deps ## replay the regression scenario of every bug the fault harness found
+	LATTICE_JEPSEN_SCENARIOS=1 $(GO) test -count=1 -timeout 30m -v -run 'TestScenarios|TestTokenCovers' ./jepsen
 
 .PHONY: lint
 lint: ## gofmt and go vet

@@ -47,6 +47,8 @@ type agentFlags struct {
 	logLevel   string
 	maxOffset  time.Duration
 	prune      time.Duration
+	// clockOffsetFile is test-only (hidden): see offsetClock.
+	clockOffsetFile string
 }
 
 func newAgentCmd() *cobra.Command {
@@ -78,6 +80,10 @@ acknowledged is lost.`,
 	fl.StringVar(&f.logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	fl.DurationVar(&f.maxOffset, "max-offset", crdt.DefaultMaxOffset, "largest clock skew accepted from peers and sources")
 	fl.DurationVar(&f.prune, "prune-interval", 10*time.Minute, "how often superseded versions past their entity's retention are pruned")
+	// Test-only: the fault harness skews this node's HLC physical clock
+	// through the file (a signed offset in ms, re-read every 100 ms).
+	fl.StringVar(&f.clockOffsetFile, "clock-offset-file", "", "TEST ONLY: add the offset in ms held in this file to the HLC's physical clock")
+	_ = fl.MarkHidden("clock-offset-file")
 	return cmd
 }
 
@@ -148,6 +154,10 @@ func runAgent(ctx context.Context, f *agentFlags, stderr interface{ Write([]byte
 	scfg.MaxOffset = f.maxOffset
 	scfg.Logger = log
 	scfg.Metrics = m
+	if f.clockOffsetFile != "" {
+		scfg.Physical = newOffsetClock(f.clockOffsetFile).Physical
+		log.Warn("TEST ONLY: the HLC physical clock is skewed by the offset in --clock-offset-file", "file", f.clockOffsetFile)
+	}
 	store, err := storage.Open(scfg)
 	if err != nil {
 		return err

@@ -1,0 +1,45 @@
+package jepsen
+
+import "time"
+
+// Scenario is a named regression scenario: a fixed seed and fault list
+// (and whatever else the run that found a bug used), replayed by
+// TestScenarios. Seeds fix the schedule and the clients' choices, not the
+// timing, so a scenario makes its bug likely, not certain; where a bug can
+// be forced step by step, a directed test guards it too (named in Test).
+type Scenario struct {
+	Name string
+	// Bug names the entry of check.KnownBugs while the bug is not fixed
+	// (a replay that reproduces only it is skipped, not failed); empty
+	// once fixed (any violation fails the replay).
+	Bug string
+	// Found says what the harness found and how.
+	Found string
+	// Test names the directed test that forces the bug, if any.
+	Test string
+	// Config adjusts a copy of DefaultConfig.
+	Config func(*Config)
+}
+
+// Scenarios are the regression scenarios, one per bug found (README.md,
+// "Bugs found").
+var Scenarios = []Scenario{
+	{
+		Name:  "token-overclaim/bridge",
+		Bug:   "",
+		Found: "partition-bridge and partition-oneway: a read-context put sent to another node silently superseded an edit its read on n3 never showed",
+		Test:  "TestTokenCoversOnlyWhatTheReadShowed",
+		Config: func(c *Config) {
+			c.Seed, c.Faults, c.Duration, c.Keys, c.CrossNode = 201, "partition-bridge,partition-oneway", 40*time.Second, 32, 0.5
+		},
+	},
+	{
+		Name:  "token-overclaim/process-clock",
+		Bug:   "",
+		Found: "kill, pause and clock faults: a read-context put on the read's own node silently superseded an edit the read never showed",
+		Test:  "TestTokenCoversOnlyWhatTheReadShowed",
+		Config: func(c *Config) {
+			c.Seed, c.Faults, c.Duration = 300, "process,clock", 45*time.Second
+		},
+	},
+}
