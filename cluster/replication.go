@@ -55,6 +55,9 @@ func (p *puller) run(ctx context.Context) {
 				backoff = 50 * time.Millisecond
 				continue
 			}
+		case errors.Is(err, crdt.ErrClockOffset):
+			// An operator must see why: the counter alone does not say.
+			log.Warn("refused the peer's edits: its clock runs beyond max-offset ahead of ours (check NTP on it); retrying", "err", err)
 		case err != nil:
 			log.Debug("replication stream ended", "err", err)
 		}

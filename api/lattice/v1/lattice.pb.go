@@ -519,7 +519,8 @@ type FieldState struct {
 	// live[0] is the version whose value was picked; the rest follow by dot.
 	Live []*Version `protobuf:"bytes,4,rep,name=live,proto3" json:"live,omitempty"`
 	// siblings lists the values of all live versions when the policy is mvr
-	// (multi-value register); empty for other policies.
+	// (multi-value register) and the field is in conflict (more than one
+	// live version); empty otherwise.
 	Siblings      []*Value `protobuf:"bytes,5,rep,name=siblings,proto3" json:"siblings,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1465,8 +1466,8 @@ type HistoryEntry struct {
 	Version *Version `protobuf:"bytes,1,opt,name=version,proto3" json:"version,omitempty"`
 	// fate is what became of it.
 	Fate Fate `protobuf:"varint,2,opt,name=fate,proto3,enum=lattice.v1.Fate" json:"fate,omitempty"`
-	// by is the dot of the edit this version was superseded by or lost to;
-	// unset for FATE_WON and FATE_SIBLING.
+	// by is the dot of the edit this version was superseded by or lost to,
+	// or for FATE_SIBLING the sibling shown as the pick; unset for FATE_WON.
 	By            *Dot `protobuf:"bytes,3,opt,name=by,proto3" json:"by,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
