@@ -77,6 +77,7 @@ func (c *Connector) Report() connectors.Report {
 	if s := c.stats(); s != nil {
 		s.fill(&r)
 	}
+	c.pollReport(&r) // poll mode (poll.go)
 	select {
 	case <-c.ready: // capture has its slot and snapshot (or there is no capture)
 		r.State = connectors.StateStreaming
