@@ -74,6 +74,9 @@ const (
 	// pollProjsMax bounds the projections kept per row for causality;
 	// dropping the oldest only makes a later change concurrent with it.
 	pollProjsMax = 8
+	// pokeGap is the shortest time between two scans of a table when a
+	// projection waits for one (pollAllow).
+	pokeGap = 50 * time.Millisecond
 )
 
 // PollTable is how poll mode reads one table (the table's poll: mapping).
@@ -401,7 +404,8 @@ type pollScan struct {
 	keys     []string // sanitized key columns
 	keyTypes []string
 	soft     string // sanitized soft-delete column, or ""
-	due      time.Time
+	// last is when the last scan began, due when the next one does.
+	last, due time.Time
 }
 
 func (c *Connector) pollScans() ([]*pollScan, error) {
@@ -485,7 +489,7 @@ func (c *Connector) capturePoll(ctx context.Context, conn *pgx.Conn) error {
 				if first && !pl.pos.Poll.mark(sc.t.Name).Snapshot {
 					c.stats().setState(connectors.StateSnapshotting)
 				}
-				sc.due = now.Add(sc.cfg.Interval)
+				sc.last, sc.due = now, now.Add(sc.cfg.Interval)
 				if err := c.pollTable(ctx, conn, pl, st, sc); err != nil {
 					return err
 				}
@@ -551,10 +555,16 @@ func (c *Connector) capturePoll(ctx context.Context, conn *pgx.Conn) error {
 				timer.Stop()
 				return ctx.Err()
 			case <-st.poke:
+				// A projection waits for a row to be polled: scan soon, but
+				// not more often than every pokeGap.
 				timer.Stop()
-				next = time.Now()
 				for _, sc := range scans {
-					sc.due = next
+					if soon := sc.last.Add(min(sc.cfg.Interval, pokeGap)); soon.Before(sc.due) {
+						sc.due = soon
+					}
+					if sc.due.Before(next) {
+						next = sc.due
+					}
 				}
 			case <-timer.C:
 			}
@@ -575,13 +585,18 @@ func (c *Connector) pollTable(ctx context.Context, conn *pgx.Conn, pl *pipeline,
 		}
 		m.U, m.Key = "", nil
 	}
+	// The initial scan (From empty) reads every row in key order (rows
+	// without updated_at too, and the primary key's index serves it); a
+	// row written while it runs is stamped after the scan's start minus the
+	// overlap, so the next scan reads it. Later scans go in (updated_at,
+	// key) order from From.
 	initial := m.From == ""
-	uexpr := sc.u
+	order := sc.u + ", " + strings.Join(sc.keys, ", ")
+	cursor := append([]string{sc.u}, sc.keys...)
 	if initial {
-		uexpr = fmt.Sprintf("coalesce(%s, '-infinity'::%s)", sc.u, sc.uType)
+		order, cursor = strings.Join(sc.keys, ", "), sc.keys
 	}
-	order := uexpr + ", " + strings.Join(sc.keys, ", ")
-	sel := "SELECT " + qualified(sc.cols) + ", CAST(" + uexpr + " AS text)"
+	sel := "SELECT " + qualified(sc.cols)
 	if sc.soft != "" {
 		sel += ", " + sc.soft + "::text"
 	}
@@ -590,16 +605,17 @@ func (c *Connector) pollTable(ctx context.Context, conn *pgx.Conn, pl *pipeline,
 		var q string
 		var args []any
 		switch {
-		case m.U != "":
-			lhs := []string{uexpr}
-			rhs := []string{fmt.Sprintf("CAST($1::text AS %s)", sc.uType)}
-			args = append(args, m.U)
-			for i, k := range sc.keys {
-				lhs = append(lhs, k)
+		case len(m.Key) == len(sc.keys) && (initial || m.U != ""):
+			var rhs []string
+			if !initial {
+				args = append(args, m.U)
+				rhs = append(rhs, fmt.Sprintf("CAST($1::text AS %s)", sc.uType))
+			}
+			for i := range sc.keys {
 				args = append(args, m.Key[i])
 				rhs = append(rhs, fmt.Sprintf("CAST($%d::text AS %s)", len(args), sc.keyTypes[i]))
 			}
-			q = fmt.Sprintf("%s WHERE (%s) > (%s)", sel, strings.Join(lhs, ", "), strings.Join(rhs, ", "))
+			q = fmt.Sprintf("%s WHERE (%s) > (%s)", sel, strings.Join(cursor, ", "), strings.Join(rhs, ", "))
 		case initial:
 			q = sel
 		default:
@@ -611,7 +627,7 @@ func (c *Connector) pollTable(ctx context.Context, conn *pgx.Conn, pl *pipeline,
 		st.mu.Lock()
 		gen := st.mu.gen // projections landing from here on may be newer than the page
 		st.mu.Unlock()
-		page, err := c.pollPage(ctx, conn, q, args, len(sc.cols)+1+boolInt(sc.soft != ""))
+		page, err := c.pollPage(ctx, conn, q, args, len(sc.cols)+boolInt(sc.soft != ""))
 		if err != nil {
 			return fmt.Errorf("connector %s: poll %s: %w", c.cfg.Name, name, err)
 		}
@@ -623,7 +639,7 @@ func (c *Connector) pollTable(ctx context.Context, conn *pgx.Conn, pl *pipeline,
 			}
 			var soft *string
 			if sc.soft != "" {
-				soft = vals[len(sc.cols)+1]
+				soft = vals[len(sc.cols)]
 			}
 			chs, k := c.pollRow(sc, st, text, soft, gen, initial)
 			for _, ch := range chs {
@@ -634,17 +650,24 @@ func (c *Connector) pollTable(ctx context.Context, conn *pgx.Conn, pl *pipeline,
 			}
 		}
 		if n := len(page); n > 0 {
+			// The cursor: the last row's (updated_at, key) texts.
 			last := page[n-1]
-			if last[len(sc.cols)] == nil {
-				return fmt.Errorf("connector %s: poll %s: a row without updated_at in an ordered page", c.cfg.Name, name)
-			}
-			m.U, m.Key = *last[len(sc.cols)], make([]string, len(sc.t.Key))
-			for i, k := range sc.t.Key {
-				for j, col := range sc.cols {
-					if col == k && last[j] != nil {
+			m.U, m.Key = "", make([]string, len(sc.t.Key))
+			for j, col := range sc.cols {
+				if last[j] == nil {
+					continue
+				}
+				if col == sc.t.UpdatedAt && !initial {
+					m.U = *last[j]
+				}
+				for i, k := range sc.t.Key {
+					if col == k {
 						m.Key[i] = *last[j]
 					}
 				}
+			}
+			if !initial && m.U == "" {
+				return fmt.Errorf("connector %s: poll %s: a row without updated_at in a page ordered by it", c.cfg.Name, name)
 			}
 		}
 		if len(page) < sc.cfg.PageSize {
@@ -722,15 +745,27 @@ func (c *Connector) pollPage(ctx context.Context, conn *pgx.Conn, q string, args
 // returns the changes to add and the row's key.
 func (c *Connector) pollRow(sc *pollScan, st *pollState, text map[string]*string, soft *string, gen uint64, initial bool) ([]change, string) {
 	t := sc.t
+	u, uok := pollMicros(text[t.UpdatedAt])
+	deleted := softDeleted(t, soft)
+	if id, ok := keyID(t, text); ok {
+		// The version last seen (same updated_at), read again: no change,
+		// and nothing to decode.
+		k := rowKey(t.Entity, id)
+		st.mu.Lock()
+		r := st.mu.rows[k]
+		same := r != nil && r.land <= gen && r.seen && uok && r.u == u && (r.hasRef || r.present == !deleted)
+		st.mu.Unlock()
+		if same {
+			return nil, k
+		}
+	}
 	ch, err := c.toChange(t, text, false)
 	if err != nil {
 		c.log.Error("polled row refused", "table", t.Name, "err", err)
 		c.stats().fail(err)
 		return nil, ""
 	}
-	u, uok := pollMicros(text[t.UpdatedAt])
 	k := rowKey(t.Entity, ch.id)
-	deleted := softDeleted(t, soft)
 	st.mu.Lock()
 	r := st.row(k)
 	if r.land > gen {
@@ -738,9 +773,6 @@ func (c *Connector) pollRow(sc *pollScan, st *pollState, text map[string]*string
 		// is newer than the page. The next scan reads the row again.
 		st.mu.Unlock()
 		return nil, ""
-	}
-	if !uok {
-		u = math.MinInt64
 	}
 	if ch.refused != nil {
 		again := r.hasRef && r.refused == u
@@ -801,6 +833,19 @@ func (c *Connector) pollRow(sc *pollScan, st *pollState, text map[string]*string
 	}
 	c.remember(ch)
 	return out, k
+}
+
+// keyID is a row's record id from its key columns' texts.
+func keyID(t *Table, text map[string]*string) (string, bool) {
+	parts := make([]string, len(t.Key))
+	for i, k := range t.Key {
+		v := text[k]
+		if v == nil {
+			return "", false
+		}
+		parts[i] = *v
+	}
+	return strings.Join(parts, "/"), true
 }
 
 // pollCovered records that a change stamped u of a row saw the

@@ -454,30 +454,38 @@ func TestPollResume(t *testing.T) {
 }
 
 // TestPollResumeFromCursor: an interrupted scan resumes after its
-// checkpointed (updated_at, key) cursor: the rows before it are not read
-// again, those after it are.
+// checkpointed cursor, the initial scan's (key) as a later scan's
+// (updated_at, key): the rows before it are not read again, those after it
+// are, also the one sharing the cursor's updated_at.
 func TestPollResumeFromCursor(t *testing.T) {
-	e := pollSetup(t)
-	// Old stamps (outside any later scan's window), two rows per stamp so
-	// the cursor falls inside a group of equal updated_at.
-	e.crm.Exec(t, "crm", `INSERT INTO customers (customer_id, full_name, updated_at)
-		SELECT i, 'n'||i, timestamptz '2020-01-01' + ((i + 1) / 2) * interval '1 second' FROM generate_series(1, 10) i`)
-	u := row(t, e.crm, "crm", `SELECT updated_at::text FROM customers WHERE customer_id = 5`)
-	next := row(t, e.crm, "crm", `SELECT (clock_timestamp() - interval '5 seconds')::text`)
-	cp := &memCheckpoints{epoch: 1, data: map[string][]byte{}}
-	cp.set("crm", map[string]any{"slot": "lattice_crm", "lsn": "0/0", "snapshot": true, "node": "n1",
-		"poll": map[string]any{"seq": 7, "tables": map[string]any{"customers": map[string]any{"next": next, "u": u, "key": []any{"5"}}}}})
-	_, _ = e.runConnector(t, "crm", pollDecl(e, nil, map[string]any{"project": false}), postgres.WithCheckpoints(cp, 1))
-	eventually(t, "rows after the cursor captured", func() (bool, string) { return e.field(t, "10", "name") == "n10", e.field(t, "10", "name") })
-	time.Sleep(300 * time.Millisecond)
-	for i := 1; i <= 10; i++ {
-		got := e.field(t, fmt.Sprint(i), "name")
-		if i <= 5 && got != "<none>" {
-			t.Errorf("row %d was before the cursor but was read again: %q", i, got)
-		}
-		if i > 5 && got != fmt.Sprintf("n%d", i) {
-			t.Errorf("row %d after the cursor: %q", i, got)
-		}
+	for _, initial := range []bool{true, false} {
+		t.Run(fmt.Sprintf("initial=%v", initial), func(t *testing.T) {
+			e := pollSetup(t)
+			// Old stamps (outside any later scan's window), two rows per
+			// stamp so the cursor falls inside a group of equal updated_at.
+			e.crm.Exec(t, "crm", `INSERT INTO customers (customer_id, full_name, updated_at)
+				SELECT i, 'n'||i, timestamptz '2020-01-01' + ((i + 1) / 2) * interval '1 second' FROM generate_series(1, 10) i`)
+			mark := map[string]any{"next": row(t, e.crm, "crm", `SELECT (clock_timestamp() - interval '5 seconds')::text`), "key": []any{"5"}}
+			if !initial {
+				mark["from"], mark["snapshot"] = "2019-01-01 00:00:00+00", true
+				mark["u"] = row(t, e.crm, "crm", `SELECT updated_at::text FROM customers WHERE customer_id = 5`)
+			}
+			cp := &memCheckpoints{epoch: 1, data: map[string][]byte{}}
+			cp.set("crm", map[string]any{"slot": "lattice_crm", "lsn": "0/0", "snapshot": true, "node": "n1",
+				"poll": map[string]any{"seq": 7, "tables": map[string]any{"customers": mark}}})
+			_, _ = e.runConnector(t, "crm", pollDecl(e, nil, map[string]any{"project": false}), postgres.WithCheckpoints(cp, 1))
+			eventually(t, "rows after the cursor captured", func() (bool, string) { return e.field(t, "10", "name") == "n10", e.field(t, "10", "name") })
+			time.Sleep(300 * time.Millisecond)
+			for i := 1; i <= 10; i++ {
+				got := e.field(t, fmt.Sprint(i), "name")
+				if i <= 5 && got != "<none>" {
+					t.Errorf("row %d was before the cursor but was read again: %q", i, got)
+				}
+				if i > 5 && got != fmt.Sprintf("n%d", i) {
+					t.Errorf("row %d after the cursor: %q", i, got)
+				}
+			}
+		})
 	}
 }
 
