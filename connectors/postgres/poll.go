@@ -35,12 +35,15 @@ import (
 //     updated_at later than its commit time minus the overlap (the overlap
 //     exceeds the longest transaction; HAZARD in DESIGN.md), so every row
 //     version is read by the first scan that begins after it commits. The
-//     first scan (From empty) reads every row, null updated_at included:
-//     the initial snapshot.
+//     first scan (From empty) reads every row in key order, null
+//     updated_at included: the initial snapshot; rows written while it
+//     runs are stamped after its start minus the overlap, so the next scan
+//     reads them.
 //   - Exact resume. The position (pollPosition, checkpointed through Raft
 //     like an LSN) holds per table From, the next From once the scan in
 //     progress completes, and the (updated_at, key) cursor of the scan in
-//     progress up to which its changes are durable. A restarted or moved
+//     progress (the key alone in the initial scan) up to which its changes
+//     are durable. A restarted or moved
 //     connector continues an interrupted scan after its cursor; rows it
 //     reads again (the overlap window) are deduplicated against the store.
 //   - Dedupe. A row re-read with the values the connector last saw is no
@@ -308,6 +311,8 @@ type pollState struct {
 		gen uint64
 		// keyset asks the poller for a key-set pass of an entity's table.
 		keyset map[string]bool
+		// evicted is when pollEvict last went through rows (at most every 10 s).
+		evicted time.Time
 	}
 	poke     chan struct{}
 	received atomic.Pointer[pollPosition] // the poller's position (report)
@@ -1097,9 +1102,10 @@ func (c *Connector) heldRow(st *pollState, ent *crdt.Entity, r storage.RecordEnt
 func (c *Connector) pollEvict(st *pollState, scans []*pollScan) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	if len(st.mu.rows) <= pollRowsMax {
+	if len(st.mu.rows) <= pollRowsMax || time.Since(st.mu.evicted) < 10*time.Second {
 		return
 	}
+	st.mu.evicted = time.Now()
 	target := pollRowsMax * 9 / 10
 	var drop []string
 	for pass := 0; pass < 2 && len(st.mu.rows)-len(drop) > target; pass++ {
