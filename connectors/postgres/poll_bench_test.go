@@ -122,6 +122,11 @@ func BenchmarkPollPropagation(b *testing.B) {
 		}
 		if took, ok := caughtUp(s, 60*time.Second); !ok {
 			logf(b, "%s: target not caught up %v after the load", s.name, took)
+			if dir := os.Getenv("LATTICE_BENCH_PROFILE"); dir != "" {
+				for _, nd := range c.Nodes {
+					os.WriteFile(filepath.Join(dir, nd.ID+"-"+strings.ReplaceAll(tag+" "+s.name, " ", "_")+".log"), []byte(nd.Logs()), 0o644)
+				}
+			}
 		}
 		r := query(b, dst, s.dst, `SELECT count(*),
 			coalesce(round((percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM arrived_at - sent_at)) * 1000)::numeric, 2)::float8, 0),
