@@ -222,9 +222,11 @@ func TestPollCapture(t *testing.T) {
 	}
 }
 
-// TestPollSharedTimestamp: 5,000 rows written by one transaction share one
-// updated_at (now()); paging 500 at a time by (updated_at, key) loses none,
-// in the initial poll and in a later one.
+// TestPollSharedTimestamp: rows written by one transaction share one
+// updated_at (now()). The initial poll (key order) reads 5,000 of them;
+// a later poll, paging 500 at a time by (updated_at, key) strictly after
+// the last row read, reads 10,000 sharing one updated_at (5,000 updated,
+// 5,000 inserted) and loses none.
 func TestPollSharedTimestamp(t *testing.T) {
 	e := pollSetup(t)
 	e.crm.Exec(t, "crm", `INSERT INTO customers (customer_id, full_name, phone, updated_at) SELECT i, 'n'||i, '0', now() FROM generate_series(1, 5000) i`)
