@@ -31,6 +31,8 @@ type position struct {
 	// and Changes how many of its row changes, in stream order, are durable.
 	Commit  pglogrepl.LSN
 	Changes int
+	// Poll is poll mode's position (poll.go); nil in other modes.
+	Poll *pollPosition
 }
 
 // after reports whether p is further along the stream than q.
@@ -41,7 +43,10 @@ func (p position) after(q position) bool {
 	if p.Commit != q.Commit {
 		return p.Commit > q.Commit
 	}
-	return p.Changes > q.Changes
+	if p.Changes != q.Changes {
+		return p.Changes > q.Changes
+	}
+	return p.Poll.seq() > q.Poll.seq()
 }
 
 // checkpoint is what the connector records through the control plane.
@@ -65,6 +70,8 @@ type checkpoint struct {
 	At     string            `json:"at,omitempty"`
 	// Limits is each rate-limit pool's budget when it was written (ratelimit.go).
 	Limits map[string]poolState `json:"rate_limits,omitempty"`
+	// Poll is poll mode's position (poll.go); nil in other modes.
+	Poll *pollPosition `json:"poll,omitempty"`
 }
 
 func (cp *checkpoint) cursor() (crdt.VV, bool) {
@@ -202,6 +209,7 @@ func (c *Connector) writeCheckpoint(ctx context.Context, pos position, snapshot 
 			cp.Cursor[e.Node] = e.Seq
 		}
 	}
+	cp.Poll = pos.Poll // poll mode (poll.go); nil otherwise
 	data, _ := json.Marshal(cp)
 	if err := c.checkpoints.WriteCheckpoint(ctx, c.cfg.Name, c.epoch, data); err != nil {
 		return fmt.Errorf("connector %s: checkpoint at epoch %d refused (did it move to another node?): %w", c.cfg.Name, c.epoch, err)

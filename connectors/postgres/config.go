@@ -72,6 +72,8 @@ type Table struct {
 	// two databases that already hold data are connected, the row changed
 	// most recently wins a last-writer-wins conflict.
 	UpdatedAt string
+	// Poll is how mode poll reads the table (poll.go); nil in other modes.
+	Poll *PollTable
 
 	// tf is what ParseConfig built from the above (transform.go): column
 	// conversions and compiled expressions. Nil in a Table built by hand,
@@ -88,7 +90,7 @@ const (
 )
 
 // modes are the capture modes this build implements.
-var modes = []string{ModeLogical}
+var modes = []string{ModeLogical, ModePoll}
 
 func validMode(m string) bool {
 	for _, x := range modes {
@@ -110,6 +112,7 @@ type rawTable struct {
 	ProjectFilter string                     `json:"project_filter"`
 	Computed      map[string]string          `json:"computed"`
 	UpdatedAt     string                     `json:"updated_at"`
+	Poll          json.RawMessage            `json:"poll"` // mode poll's settings (poll.go)
 }
 
 type rawConfig struct {
@@ -220,6 +223,7 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 		case len(terrs) == 0 && len(table.Columns) == 0:
 			errs = append(errs, fmt.Errorf("connector %q table %q: no column is mapped to a field: give at least one column a field", name, t))
 		}
+		errs = append(errs, parsePoll(name, t, c.Mode, rt.Poll, &table)...) // poll.go
 		c.Tables = append(c.Tables, table)
 	}
 	if len(errs) > 0 {

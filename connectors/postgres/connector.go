@@ -82,6 +82,10 @@ type Connector struct {
 	drift driftState
 	pause func(ctx context.Context, reason string) error
 	rl    limits
+
+	// pollst is poll capture's state (poll.go), set when it starts; nil in
+	// other modes.
+	pollst atomic.Pointer[pollState]
 }
 
 // WithObserver reports capture and projection lag.
@@ -220,18 +224,24 @@ func (c *Connector) captureMode(ctx context.Context, conn *pgx.Conn) error {
 	switch c.cfg.Mode {
 	case ModeLogical:
 		return c.capture(ctx, conn)
+	case ModePoll:
+		return c.capturePoll(ctx, conn) // poll.go
 	}
 	return fmt.Errorf("connector %s: capture mode %q is not implemented", c.cfg.Name, c.cfg.Mode)
 }
 
 // prepare checks wal_level and creates the publication and the replication
-// origin lattice's writes carry.
+// origin lattice's writes carry (not in poll mode, which needs none of it).
 func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
+	// Poll mode (poll.go) reads the tables with plain queries and reads its
+	// own writes back: no logical WAL, publication, replica identity or
+	// replication origin.
+	stream := !c.polling()
 	var level string
 	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
 		return fmt.Errorf("connector %s: %w", c.cfg.Name, err)
 	}
-	if c.cfg.Capture && level != "logical" {
+	if c.cfg.Capture && stream && level != "logical" {
 		return fmt.Errorf("connector %s: %w (it is %q): set wal_level = logical in postgresql.conf (ALTER SYSTEM SET wal_level = logical) and restart PostgreSQL",
 			c.cfg.Name, ErrWalLevel, level)
 	}
@@ -268,7 +278,7 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 		c.colTypes[t.Name] = types
 		tables = append(tables, pgx.Identifier(strings.Split(t.Name, ".")).Sanitize())
 	}
-	if c.cfg.Capture && c.cfg.FullIdentity {
+	if c.cfg.Capture && stream && c.cfg.FullIdentity {
 		// Every UPDATE then carries the old row, so capture knows exactly
 		// which columns changed, also for a row it has not seen since it
 		// started (after a restart or a move).
@@ -289,7 +299,7 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 			c.log.Info("set REPLICA IDENTITY FULL, so the stream carries each updated row's old values", "table", t.Name)
 		}
 	}
-	if c.cfg.Capture {
+	if c.cfg.Capture && stream {
 		var exists bool
 		if err := conn.QueryRow(ctx, "SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = $1)", c.cfg.Publication).Scan(&exists); err != nil {
 			return err
@@ -300,6 +310,9 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 				return fmt.Errorf("connector %s: create publication: %w", c.cfg.Name, err)
 			}
 		}
+	}
+	if !stream {
+		return nil
 	}
 	if _, err := conn.Exec(ctx, `SELECT pg_replication_origin_create($1)
 		WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)`, c.cfg.originName()); err != nil {
@@ -695,6 +708,9 @@ func (c *Connector) takeRecheck() [][2]string {
 // unechoed records that n projections of a row were sent (n > 0) or that
 // the stream showed them, or they were rolled back (n < 0).
 func (c *Connector) unechoed(entity, id string, n int) {
+	if c.polling() {
+		return // no stream shows projections: they are read back (poll_project.go)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	k := rowKey(entity, id)

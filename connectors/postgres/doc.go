@@ -3,8 +3,10 @@
 // replication slot's starting point, and projection of resolved record
 // state with INSERT ... ON CONFLICT DO UPDATE / DELETE in a session marked
 // with the replication origin lattice_<name>, so capture never reads its
-// own writes back. connectors/DESIGN.md states the delivery and causality
-// contract; what follows documents the configuration.
+// own writes back; or, with mode: poll, capture by polling each table's
+// updated_at column (see "Poll mode" below). connectors/DESIGN.md states
+// the delivery and causality contract; what follows documents the
+// configuration.
 //
 // # Configuration
 //
@@ -191,6 +193,63 @@
 // field cannot be both computed and mapped from a column of the same
 // table); other connectors whose tables map the field do project it. Like
 // any captured field it is written only when its value changed.
+//
+// # Poll mode
+//
+// mode: poll captures without logical replication (any wal_level, no
+// replication privilege, slot, publication or replication origin): each
+// table is read by queries ordered by its updated_at column and key. Every
+// table then needs updated_at (a timestamp or timestamptz column, mapped or
+// not; timestamptz is advised) that the database sets on every insert and
+// update, e.g. DEFAULT clock_timestamp() and a BEFORE UPDATE trigger
+// setting NEW.updated_at = clock_timestamp(), and an index on
+// (updated_at, key). A table's poll mapping tunes it:
+//
+//	customers:
+//	  entity: contact
+//	  key: [customer_id]
+//	  updated_at: updated_at
+//	  columns: {full_name: name, email_address: email}
+//	  poll:
+//	    interval: 1s          # between two scans (default 1s)
+//	    overlap: 5s           # re-read window (default 5s)
+//	    page_size: 1000       # rows per query (default 1000)
+//	    soft_delete: {column: deleted, value: true}
+//	    keyset_every: 60      # a key-set pass every 60 scans
+//
+// The settings:
+//
+//   - interval: a Go duration (1s, 250ms); how often the table is scanned.
+//     Capture latency is about half of it on average, plus the query.
+//   - overlap: how far before the previous scan's start each scan re-reads.
+//     It must exceed the longest transaction writing the table: a row is
+//     stamped when written and visible when committed, and a row committed
+//     later than the overlap after its stamp is missed. Rows re-read with
+//     what the connector last saw of them are no change.
+//   - page_size: rows per query; pages follow (updated_at, key) strictly,
+//     so rows sharing one updated_at are all read whatever the size.
+//   - soft_delete: column (required) and value (its text, col::text:
+//     booleans are true and false; omitted: any non-null value, as for a
+//     deleted_at column). A row marked so is a delete of its record; a row
+//     no longer marked is captured again whole. Projection does not write
+//     the column: a deleted record's row is deleted.
+//   - keyset_every: N compares, every N scans, the table's keys with the
+//     records lattice holds from it; a key gone is a delete. It reads every
+//     key of the table. Without it (and without soft_delete), deleting a
+//     row is not captured.
+//
+// The first scan reads every row (the initial snapshot); later scans read
+// from the previous scan's start minus the overlap. The position (per
+// table, the scan's lower bound and its (updated_at, key) cursor) is
+// checkpointed like an LSN, so a restart or a move resumes where capture
+// was. Lattice's projections are read back inside their transaction, so
+// polling never captures them again, and a native change stamped after a
+// projection into its row supersedes it (one stamped before is a
+// conflict). Projection leaves a row that changed since it was last polled
+// for the next poll (which comes at once) instead of writing over it.
+// Every poll edit is dated by the row's updated_at. HAZARDs (clocks, long
+// transactions, writes that do not set updated_at): connectors/DESIGN.md,
+// "Poll mode".
 //
 // # Errors and the dead-letter queue
 //

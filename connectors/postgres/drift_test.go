@@ -127,28 +127,6 @@ func waitPaused(t *testing.T, r *running, p *pauser, n int) string {
 	return l[n-1]
 }
 
-func (e *env) field(t *testing.T, id, field string) string {
-	t.Helper()
-	rec, err := e.store.Get("contact", id)
-	if errors.Is(err, storage.ErrNotFound) {
-		return "<none>"
-	}
-	if err != nil {
-		t.Fatal(err)
-	}
-	ent, _ := e.schema.s.Entity("contact")
-	fields, _ := ent.View(rec)
-	for _, f := range fields {
-		if f.Name == field {
-			if f.Value.IsNull() {
-				return "<null>"
-			}
-			return f.Value.Str()
-		}
-	}
-	return "<absent>"
-}
-
 func wantAll(t *testing.T, what, s string, subs ...string) {
 	t.Helper()
 	for _, sub := range subs {

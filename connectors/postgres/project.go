@@ -42,7 +42,9 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 	if !locked {
 		return fmt.Errorf("connector %s: another session holds the projection lock (advisory lock on 'lattice:%s') on this database: another lattice node is still writing into it; retrying until its session ends", c.cfg.Name, c.cfg.Name)
 	}
-	if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_session_setup($1)", c.cfg.originName()); err != nil {
+	if c.polling() {
+		// Poll mode reads its writes back instead (poll_project.go).
+	} else if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_session_setup($1)", c.cfg.originName()); err != nil {
 		return fmt.Errorf("connector %s: mark projection session with replication origin %s: %w", c.cfg.Name, c.cfg.originName(), err)
 	}
 	// The subscription is open: everything committed from here on arrives
@@ -237,6 +239,9 @@ type projection struct {
 	q          string
 	args       []any
 	rec        *crdt.Record
+	// poll is, in poll mode, what the row held when the projection
+	// committed (poll_project.go).
+	poll *pollBack
 }
 
 // projectRecord writes one record's resolved state in one transaction.
@@ -259,10 +264,18 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
 	}
 	defer tx.Rollback(context.Background())
+	// Poll mode: a row changed since it was last polled is left for the
+	// poll (poll_project.go).
+	if kept, err := c.pollLock(tctx, tx, []*projection{p}); err != nil || len(kept) == 0 {
+		return err
+	}
 	if err := c.execMarks(tctx, tx, []*projection{p}); err != nil {
 		return err
 	}
 	if err := c.execProjection(tctx, tx, p); err != nil {
+		return err
+	}
+	if err := c.pollReadBack(tctx, tx, []*projection{p}); err != nil { // poll mode
 		return err
 	}
 	if err := tx.Commit(tctx); err != nil {
@@ -331,6 +344,9 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 		return fmt.Errorf("connector %s: projection: %w", c.cfg.Name, err)
 	}
 	defer tx.Rollback(context.Background())
+	if ps, err = c.pollLock(tctx, tx, ps); err != nil { // poll mode (poll_project.go)
+		return err
+	}
 	var done []*projection
 	for _, p := range ps {
 		if _, err := tx.Exec(tctx, "SAVEPOINT lattice_record"); err != nil {
@@ -362,6 +378,9 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 			return err
 		}
 	}
+	if err := c.pollReadBack(tctx, tx, done); err != nil { // poll mode
+		return err
+	}
 	if err := tx.Commit(tctx); err != nil {
 		return fmt.Errorf("connector %s: projection commit: %w", c.cfg.Name, err)
 	}
@@ -375,6 +394,9 @@ func (c *Connector) projectBatch(ctx context.Context, conn *pgx.Conn, records []
 // trip. It reports false (and has rolled back) when the database refused a
 // statement for good; transient failures are errors.
 func (c *Connector) pipeline(ctx context.Context, conn *pgx.Conn, ps []*projection) (bool, error) {
+	if c.pollst.Load() != nil {
+		return c.pollPipeline(ctx, conn, ps) // poll mode (poll_project.go)
+	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
 	b.Queue(emitMarks, marksPrefix, appendMarks(nil, ps))
@@ -409,6 +431,9 @@ const emitMarks = "SELECT pg_logical_emit_message(true, $1, $2::bytea)"
 
 // execMarks writes the projection message for ps inside tx.
 func (c *Connector) execMarks(ctx context.Context, tx pgx.Tx, ps []*projection) error {
+	if c.polling() {
+		return nil // no stream reads them (poll_project.go)
+	}
 	if _, err := tx.Exec(ctx, emitMarks, marksPrefix, appendMarks(nil, ps)); err != nil {
 		return fmt.Errorf("connector %s: projection message: %w", c.cfg.Name, err)
 	}
@@ -430,6 +455,9 @@ func (c *Connector) execProjection(ctx context.Context, tx pgx.Tx, p *projection
 
 // projected reports a landed projection.
 func (c *Connector) projected(p *projection) {
+	if !c.pollLanded(p) {
+		return // poll mode: deferred, not written (poll_project.go)
+	}
 	c.log.Debug("projected", "entity", p.entity, "id", p.id, "context", p.rec.Context.String())
 	if c.obs == nil {
 		return

@@ -78,6 +78,7 @@ func (c *Connector) Report() connectors.Report {
 		s.fill(&r)
 	}
 	r.RateLimits = c.limits().report() // ratelimit.go
+	c.pollReport(&r)                   // poll mode (poll.go)
 	select {
 	case <-c.ready: // capture has its slot and snapshot (or there is no capture)
 		r.State = connectors.StateStreaming
