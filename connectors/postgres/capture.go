@@ -371,7 +371,11 @@ func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
 // checkpoint's writer had made when it wrote it, so the next changes of
 // each row are captured with a context that covers them.
 func (c *Connector) awaitPrevious(ctx context.Context, cp checkpoint) error {
-	if cp.Node == "" || cp.Node == c.store.NodeID() || c.store.Applied().Get(cp.Node) >= cp.Seq {
+	if cp.Node == "" || cp.Node == c.store.NodeID() {
+		return nil
+	}
+	defer c.awaitQuiet(ctx, cp.Node)
+	if c.store.Applied().Get(cp.Node) >= cp.Seq {
 		return nil
 	}
 	c.log.Info("waiting for the previous owner's captured edits to replicate here", "node", cp.Node, "seq", cp.Seq)
@@ -390,6 +394,29 @@ func (c *Connector) awaitPrevious(ctx context.Context, cp checkpoint) error {
 	}
 	return nil
 }
+
+// awaitQuiet waits (up to previousQuiet.max) until no more of node's edits
+// arrive here for previousQuiet.still: the previous owner may have captured
+// changes after its checkpoint, and those still on their way would not be
+// recognised as already captured (the records' source registers, see
+// change.src) and be captured a second time.
+func (c *Connector) awaitQuiet(ctx context.Context, node string) {
+	deadline := time.Now().Add(previousQuiet.max)
+	last, since := c.store.Applied().Get(node), time.Now()
+	for time.Since(since) < previousQuiet.still && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		if seq := c.store.Applied().Get(node); seq != last {
+			last, since = seq, time.Now()
+		}
+	}
+}
+
+// previousQuiet bounds awaitQuiet.
+var previousQuiet = struct{ still, max time.Duration }{time.Second, 5 * time.Second}
 
 // snapshot captures every existing row of the mapped tables as of the slot's snapshot.
 func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) error {
@@ -695,10 +722,10 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 				c.remember(ch)
 				continue
 			}
-			ch.at = tx.at
+			ch.at, ch.src = tx.at, sourcePos(tx.commit, tx.changes)
 			if moved != nil {
 				// A new key is a new record: the old one is deleted.
-				moved.at = tx.at
+				moved.at, moved.src = tx.at, ch.src
 				pl.add(*moved)
 				c.remember(*moved)
 			}
