@@ -420,6 +420,18 @@ func TestAutoMode(t *testing.T) {
 						t.Errorf("auto without any possible mode: error %v, want it to say %q", err, want)
 					}
 				}
+				// Told mode trigger, the connector says what to run.
+				td := decl(dsn, false)
+				td["mode"] = "trigger"
+				if cfg, err = postgres.ParseConfig("crm", td, e.schema.s); err != nil {
+					t.Fatal(err)
+				}
+				ctx, cancel = context.WithTimeout(context.Background(), 20*time.Second)
+				err = postgres.New(cfg, e.store, e.schema, slog.New(slog.NewTextHandler(testWriter{t}, nil))).Run(ctx)
+				cancel()
+				if err == nil || !strings.Contains(err.Error(), "run `lattice connectors trigger install crm --config FILE`") {
+					t.Errorf("mode trigger without the rights to install: error %v, want it to say what to run", err)
+				}
 			}
 			c, _ := e.runConnector(t, "crm", decl(dsn, true), postgres.WithReport())
 			eventually(t, "snapshot", func() (bool, string) { return e.field(t, "1", "name") == "Ann", e.field(t, "1", "name") })
