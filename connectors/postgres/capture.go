@@ -345,20 +345,8 @@ func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
 		}
 		// Recorded before streaming: a restart before this point finds a
 		// slot without a finished snapshot and starts over.
-		for {
-			err := c.writeCheckpoint(ctx, from, true)
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, errNotYet) {
-				return err
-			}
-			c.log.Warn("waiting to record the snapshot's checkpoint", "err", err)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-			}
+		if err := c.recordSnapshot(ctx, from); err != nil {
+			return err
 		}
 	} else if hasCP && cp.Slot == c.cfg.Slot {
 		from = cp.position()
@@ -377,6 +365,27 @@ func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
 	}
 	c.log.Info("capture streaming", "slot", c.cfg.Slot, "from", start.String(), "skip_in_tx", from.Commit.String(), "skip_changes", from.Changes)
 	return c.stream(ctx, rconn, from)
+}
+
+// recordSnapshot checkpoints the position right after an initial
+// snapshot, waiting (retrying) while the write concern is not reached.
+func (c *Connector) recordSnapshot(ctx context.Context, from position) error {
+	for c.checkpoints != nil {
+		err := c.writeCheckpoint(ctx, from, true)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errNotYet) {
+			return err
+		}
+		c.log.Warn("waiting to record the snapshot's checkpoint", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
 }
 
 // awaitPrevious waits (bounded) until this node holds the edits the

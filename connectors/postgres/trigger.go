@@ -512,20 +512,8 @@ func (c *Connector) captureTrigger(ctx context.Context, conn *pgx.Conn) error {
 		}
 		from = position{Trigger: tp}
 		// Recorded before draining: a restart before this point snapshots again.
-		for c.checkpoints != nil {
-			err := c.writeCheckpoint(ctx, from, true)
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, errNotYet) {
-				return err
-			}
-			c.log.Warn("waiting to record the snapshot's checkpoint", "err", err)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-			}
+		if err := c.recordSnapshot(ctx, from); err != nil {
+			return err
 		}
 	}
 	c.prog.setCapture(from)

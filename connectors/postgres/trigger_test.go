@@ -87,17 +87,7 @@ func TestTriggerSync(t *testing.T) {
 		return got == "Ann ann@crm.example 999 | Dee dee@example.com 444", got
 	})
 	e.quiet(t, "after projecting into crm")
-	for _, f := range []struct{ id, field string }{{"4", "name"}, {"1", "phone"}} {
-		vs, err := e.store.Versions("contact", f.id, f.field)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, v := range vs {
-			if v.Origin == "postgres:crm" && v.Value.Str() != "111" {
-				t.Errorf("record %s %s: crm captured lattice's own projection back: %v", f.id, f.field, vs)
-			}
-		}
-	}
+	e.noEcho(t, "111", [2]string{"4", "name"}, [2]string{"1", "phone"})
 	if n := changeRows(t, e, "I"); n != "0" {
 		t.Errorf("%s insert rows in the change table after everything was captured (a projection recorded as a native change, or captured rows not deleted)", n)
 	}
