@@ -234,6 +234,13 @@ func TestTriggerCommitOrder(t *testing.T) {
 	if f := e.view(t, "3", "name"); f.Conflicted {
 		t.Errorf("two serialized changes of one row are a conflict: %v", f.Live)
 	}
+
+	// A change row whose notification was lost (written here without
+	// pg_notify) is read by the periodic drain.
+	e.crm.Exec(t, "crm", `INSERT INTO lattice.changes_crm (tbl, op, new) VALUES ('public.customers', 'I', '{"customer_id": 9, "full_name": "no notification"}')`)
+	eventually(t, "a change without notification drained", func() (bool, string) {
+		return e.field(t, "9", "name") == "no notification", e.field(t, "9", "name")
+	})
 }
 
 // frozenAcks makes every checkpoint wait for acknowledgements that never
