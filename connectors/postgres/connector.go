@@ -86,6 +86,13 @@ type Connector struct {
 	// pollst is poll capture's state (poll.go), set when it starts; nil in
 	// other modes.
 	pollst atomic.Pointer[pollState]
+	// mode is the capture mode in effect: the configured one, or the one
+	// mode auto chose and why (auto.go); set by Run before anything starts.
+	mode atomic.Pointer[modeChoice]
+	// trig is trigger capture's SQL and state (trigger.go); run tells this
+	// attempt's projection marks from earlier attempts'.
+	trig trigState
+	run  string
 }
 
 // WithObserver reports capture and projection lag.
@@ -143,6 +150,7 @@ func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log 
 	c.mu.deferred = map[string]bool{}
 	c.recheckC = make(chan struct{}, 1)
 	c.ready = make(chan struct{})
+	c.run = newRunID()
 	return c
 }
 
@@ -157,6 +165,10 @@ func (c *Connector) Run(ctx context.Context) error {
 		return fmt.Errorf("connector %s: connect: %w", c.cfg.Name, err)
 	}
 	defer conn.Close(context.Background())
+	// The capture mode: the configured one, or mode auto's choice (auto.go).
+	if err := c.chooseMode(ctx, conn); err != nil {
+		return err
+	}
 	if err := c.prepare(ctx, conn); err != nil {
 		return err
 	}
@@ -221,22 +233,26 @@ func (c *Connector) Run(ctx context.Context) error {
 // captureMode runs capture in the configured mode. Each mode reads the
 // database's changes in order and feeds a pipeline (pipeline.go).
 func (c *Connector) captureMode(ctx context.Context, conn *pgx.Conn) error {
-	switch c.cfg.Mode {
+	switch m := c.modeNow(); m {
 	case ModeLogical:
 		return c.capture(ctx, conn)
+	case ModeTrigger:
+		return c.captureTrigger(ctx, conn) // trigger.go
 	case ModePoll:
 		return c.capturePoll(ctx, conn) // poll.go
+	default:
+		return fmt.Errorf("connector %s: capture mode %q is not implemented", c.cfg.Name, m)
 	}
-	return fmt.Errorf("connector %s: capture mode %q is not implemented", c.cfg.Name, c.cfg.Mode)
 }
 
 // prepare checks wal_level and creates the publication and the replication
-// origin lattice's writes carry (not in poll mode, which needs none of it).
+// origin lattice's writes carry (logical mode), or trigger capture's
+// objects (trigger mode).
 func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 	// Poll mode (poll.go) reads the tables with plain queries and reads its
-	// own writes back: no logical WAL, publication, replica identity or
-	// replication origin.
-	stream := !c.polling()
+	// own writes back, trigger mode (trigger.go) reads a change table: no
+	// logical WAL, publication, replica identity or replication origin.
+	stream := c.modeNow() == ModeLogical
 	var level string
 	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
 		return fmt.Errorf("connector %s: %w", c.cfg.Name, err)
@@ -309,6 +325,14 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 			if _, err := conn.Exec(ctx, q); err != nil {
 				return fmt.Errorf("connector %s: create publication: %w", c.cfg.Name, err)
 			}
+		}
+	}
+	if c.triggering() {
+		c.buildTriggerSQL() // trigger.go
+	}
+	if c.triggering() && c.cfg.Capture {
+		if err := c.ensureTrigger(ctx, conn); err != nil { // trigger.go
+			return err
 		}
 	}
 	if !stream {
