@@ -777,9 +777,11 @@ func (c *Connector) triggerRow(ctx context.Context, pl *pipeline, r *changeRow) 
 		c.stats().fail(err)
 		return nil
 	}
-	ch.at = r.at
+	// A row's change-table ids follow its commit order (its next change
+	// waits for the row lock): the id is the change's source position.
+	ch.at, ch.src = r.at, triggerSourcePos(r.id)
 	if moved != nil {
-		moved.at = r.at
+		moved.at, moved.src = r.at, ch.src
 		pl.add(*moved)
 		c.remember(*moved)
 	}
@@ -789,6 +791,10 @@ func (c *Connector) triggerRow(ctx context.Context, pl *pipeline, r *changeRow) 
 	c.remember(ch)
 	return nil
 }
+
+// triggerSourcePos names a change-table row as a source position (see
+// change.src).
+func triggerSourcePos(id int64) string { return fmt.Sprintf("T%016X", uint64(id)) }
 
 // forget drops what the connector knows a row holds.
 func (c *Connector) forget(entity, id string) {
