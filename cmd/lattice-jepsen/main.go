@@ -60,6 +60,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Faults, "faults", cfg.Faults, "comma-separated faults and groups (see below)")
 	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "output directory (one directory per run, summary.json, index.html)")
 	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "cluster size")
+	fs.StringVar(&cfg.Workloads, "workload", cfg.Workloads, "comma-separated workloads: api (clients of the gRPC API), postgres (clients of two PostgreSQL databases synced through the cluster; enables the PostgreSQL faults)")
+	fs.IntVar(&cfg.PGClients, "pg-clients", cfg.PGClients, "PostgreSQL workload: concurrent clients")
+	fs.Float64Var(&cfg.PGRate, "pg-rate", cfg.PGRate, "PostgreSQL workload: updates per second, all clients together")
+	fs.IntVar(&cfg.PGRows, "pg-rows", cfg.PGRows, "PostgreSQL workload: rows (keys 1..n) the clients update")
+	downMax := fs.Duration("db-down-max", 0, "longest pg-down (a database stopped); 0: 40 s (smoke 6 s); the shortest is a third of it, at most 15 s")
 	fs.IntVar(&cfg.Keys, "keys", cfg.Keys, "record ids the workload writes")
 	fs.IntVar(&cfg.Clients, "clients", cfg.Clients, "concurrent clients")
 	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "operations per second, all clients together")
@@ -95,13 +100,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *smoke {
 		cfg.Limits = jepsen.SmokeConfig().Limits
 	}
+	if *downMax > 0 {
+		cfg.Limits.DownMax = *downMax
+		cfg.Limits.DownMin = min(*downMax/3, 15*time.Second)
+	}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	fmt.Fprintf(stdout, "lattice-jepsen: %d runs of %s, faults %s, seeds %d..%d, output %s\n",
-		cfg.Runs, cfg.Duration, cfg.Faults, cfg.Seed, cfg.Seed+uint64(cfg.Runs)-1, cfg.OutDir)
+	fmt.Fprintf(stdout, "lattice-jepsen: %d runs of %s, workloads %s, faults %s, seeds %d..%d, output %s\n",
+		cfg.Runs, cfg.Duration, cfg.Workloads, cfg.Faults, cfg.Seed, cfg.Seed+uint64(cfg.Runs)-1, cfg.OutDir)
 	suite, err := jepsen.Run(ctx, cfg, jepsen.Progress(stdout))
 	if suite != nil {
 		fmt.Fprintf(stdout, "\n%d runs, %d fault injections, %d operations, %d violations\n",
