@@ -31,6 +31,16 @@ var Scenarios = []Scenario{
 		Test:  "TestTokenCoversOnlyWhatTheReadShowed",
 		Config: func(c *Config) {
 			c.Seed, c.Faults, c.Duration, c.Keys, c.CrossNode = 201, "partition-bridge,partition-oneway", 40*time.Second, 32, 0.5
+			c.Workloads = "api"
+		},
+	},
+	{
+		Name:  "token-underclaim/mixed",
+		Bug:   "",
+		Found: "both workloads, every fault (the first run with the PostgreSQL workload): a read on n2 showed a version (n2:2505) its token did not cover, so a put passing the token was concurrent with it instead of superseding it",
+		Test:  "storage TestReadContextCoversWhatTheReadShows",
+		Config: func(c *Config) {
+			c.Seed, c.Faults, c.Workloads, c.Duration = 2000, "all", "api,postgres", 60*time.Second
 		},
 	},
 	{
@@ -40,6 +50,7 @@ var Scenarios = []Scenario{
 		Test:  "TestTokenCoversOnlyWhatTheReadShowed",
 		Config: func(c *Config) {
 			c.Seed, c.Faults, c.Duration = 300, "process,clock", 45*time.Second
+			c.Workloads = "api"
 		},
 	},
 }
