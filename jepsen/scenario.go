@@ -1,6 +1,10 @@
 package jepsen
 
-import "time"
+import (
+	"time"
+
+	"github.com/lattice-sync/lattice/jepsen/fault"
+)
 
 // Scenario is a named regression scenario: a fixed seed and fault list
 // (and whatever else the run that found a bug used), replayed by
@@ -32,6 +36,15 @@ var Scenarios = []Scenario{
 		Config: func(c *Config) {
 			c.Seed, c.Faults, c.Duration, c.Keys, c.CrossNode = 201, "partition-bridge,partition-oneway", 40*time.Second, 32, 0.5
 			c.Workloads = "api"
+		},
+	},
+	{
+		Name:  "pg-recapture/restart",
+		Bug:   "pg-recapture",
+		Found: "PostgreSQL workload with deletes, pg-restart of crm 2 s in: the crm connector resumed from its last checkpoint (0/194C388) and captured the changes after it a second time, as new edits (values twice in history, deletions counted twice); again after pg-down",
+		Test:  "",
+		Config: func(c *Config) {
+			c.Seed, c.Faults, c.Workloads, c.Duration, c.Limits = 7, "postgres,kill", "api,postgres", 30*time.Second, fault.SmokeLimits()
 		},
 	},
 	{

@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -72,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&cfg.CrossNode, "cross-node", cfg.CrossNode, "share of read-context writes sent to another node than their read")
 	fs.BoolVar(&cfg.StrictContext, "strict-context", false, "count a cross-node read-context write that fails to supersede what it read as a violation (default: a documented hazard, reported as a note)")
 	fs.DurationVar(&cfg.ConvergeTimeout, "converge-timeout", cfg.ConvergeTimeout, "how long nodes may take to converge after traffic stops")
-	tolerate := fs.String("tolerate", "", "comma-separated known bugs whose violations are reported as notes (see jepsen/README.md): token-overclaim")
+	tolerate := fs.String("tolerate", "", "comma-separated known bugs whose violations are reported as notes (see jepsen/README.md): "+knownBugs())
 	fs.BoolVar(&cfg.KeepData, "keep-data", false, "keep node data directories of passing runs")
 	smoke := fs.Bool("smoke", false, "short fault bounds (pauses of 1-4 s), as in make test")
 	verbose := fs.Bool("v", false, "log every fault and node event")
@@ -92,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *tolerate != "" {
 		for _, b := range strings.Split(*tolerate, ",") {
 			if _, ok := check.KnownBugs[b]; !ok {
-				return fmt.Errorf("--tolerate %q: not a known bug (known: token-overclaim)", b)
+				return fmt.Errorf("--tolerate %q: not a known bug (known: %s)", b, knownBugs())
 			}
 			cfg.Tolerate = append(cfg.Tolerate, b)
 		}
@@ -131,4 +132,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errViolations
 	}
 	return nil
+}
+
+func knownBugs() string {
+	var out []string
+	for b := range check.KnownBugs {
+		out = append(out, b)
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }

@@ -20,11 +20,17 @@ import (
 
 // Operation kinds of the PostgreSQL workload.
 const (
-	// PGInsert is a row the harness inserted before the cluster started
-	// (the initial snapshot captures it).
+	// PGInsert is an INSERT of a row with every field set: the harness's
+	// seed rows before the cluster starts (process -1; the initial snapshot
+	// captures them) and clients' re-inserts of deleted rows (INSERT ... ON
+	// CONFLICT DO NOTHING: a row that exists is a fail, nothing written).
 	PGInsert = "pg-insert"
-	// PGUpdate is a client's UPDATE of some fields of one row.
+	// PGUpdate is a client's UPDATE of some fields of one row (a row that
+	// does not exist is a fail).
 	PGUpdate = "pg-update"
+	// PGDelete is a client's DELETE of one row (Before: the values it
+	// deleted; a row that does not exist is a fail).
+	PGDelete = "pg-delete"
 )
 
 // PGTable is one database as the PostgreSQL workload sees it.
@@ -63,12 +69,13 @@ type PostgresConfig struct {
 }
 
 // Postgres is workload (b): clients updating random fields of random rows
-// in two databases that lattice keeps in sync. Each update is one
-// transaction that reads the row's current values with SELECT ... FOR
-// UPDATE, then writes new ones: the history records what the database
-// showed the writer (Before) as well as what it wrote, so a checker knows
-// which value each write had seen. Every value is unique
-// ("pg<op id>.<field>").
+// in two databases that lattice keeps in sync (84 %), deleting a row (8 %)
+// and inserting one with every field set (8 %; it lands only where the
+// row is gone). Each update is one transaction that reads the row's current
+// values with SELECT ... FOR UPDATE, then writes new ones: the history
+// records what the database showed the writer (Before) as well as what it
+// wrote, so a checker knows which value each write had seen. Every value is
+// unique ("pg<op id>.<field>").
 //
 // A failure before COMMIT is a fail (PostgreSQL rolls back a transaction
 // whose session ends); a failure of the COMMIT itself is unknown.
@@ -223,17 +230,37 @@ func (c *pgClient) step() {
 		fields = append(fields, cfg.Fields[i])
 	}
 	sort.Strings(fields)
+	kind := PGUpdate
+	switch x := c.rng.IntN(100); {
+	case x >= 92:
+		kind, fields = PGInsert, append([]string(nil), cfg.Fields...)
+	case x >= 84:
+		kind, fields = PGDelete, nil
+	}
 	id := c.w.ids.Add(1)
-	inv := history.Op{Type: history.Invoke, ID: id, Proc: c.proc, F: PGUpdate, DB: t.DB, Entity: cfg.Entity,
-		Key: strconv.Itoa(key), Fields: map[string]string{}}
+	inv := history.Op{Type: history.Invoke, ID: id, Proc: c.proc, F: kind, DB: t.DB, Entity: cfg.Entity,
+		Key: strconv.Itoa(key)}
 	for _, f := range fields {
+		if inv.Fields == nil {
+			inv.Fields = map[string]string{}
+		}
 		inv.Fields[f] = PGValue(id, f)
 	}
 	c.rec.Op(inv)
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.Timeout)
 	defer cancel()
-	done := history.Op{ID: id, Proc: c.proc, F: PGUpdate, DB: t.DB, Key: inv.Key}
-	before, committing, err := c.update(ctx, t, key, fields, inv.Fields)
+	done := history.Op{ID: id, Proc: c.proc, F: kind, DB: t.DB, Key: inv.Key}
+	var before map[string]string
+	var committing bool
+	var err error
+	switch kind {
+	case PGUpdate:
+		before, committing, err = c.update(ctx, t, key, fields, inv.Fields)
+	case PGDelete:
+		before, committing, err = c.delete(ctx, t, key)
+	case PGInsert:
+		committing, err = c.insert(ctx, t, key, inv.Fields)
+	}
 	switch {
 	case err == nil:
 		done.Type, done.Before = history.OK, before
@@ -311,4 +338,72 @@ func short(err error) string {
 		s = s[:300] + "..."
 	}
 	return s
+}
+
+// delete deletes the row in one statement (its own transaction) and returns
+// the values it held. committing: the statement was sent, so it may have
+// committed.
+func (c *pgClient) delete(ctx context.Context, t *PGTable, key int) (before map[string]string, committing bool, err error) {
+	conn, err := c.conn(ctx, t)
+	if err != nil {
+		return nil, false, err
+	}
+	fields := c.w.cfg.Fields
+	cols := make([]string, len(fields))
+	for i, f := range fields {
+		cols[i] = pgx.Identifier{t.Columns[f]}.Sanitize()
+	}
+	vals := make([]*string, len(fields))
+	dest := make([]any, len(fields))
+	for i := range vals {
+		dest[i] = &vals[i]
+	}
+	err = conn.QueryRow(ctx, fmt.Sprintf("DELETE FROM %s WHERE %s = $1 RETURNING %s", pgx.Identifier{t.Table}.Sanitize(),
+		pgx.Identifier{t.KeyCol}.Sanitize(), strings.Join(cols, ", ")), key).Scan(dest...)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil, false, errors.New("delete: no such row")
+	case err != nil:
+		return nil, mayHaveRun(err), fmt.Errorf("delete: %w", err)
+	}
+	before = map[string]string{}
+	for i, f := range fields {
+		if vals[i] != nil {
+			before[f] = *vals[i]
+		}
+	}
+	return before, false, nil
+}
+
+// insert inserts the row with every field unless it exists (then nothing
+// is written: an error).
+func (c *pgClient) insert(ctx context.Context, t *PGTable, key int, values map[string]string) (committing bool, err error) {
+	conn, err := c.conn(ctx, t)
+	if err != nil {
+		return false, err
+	}
+	cols, args, marks := []string{pgx.Identifier{t.KeyCol}.Sanitize()}, []any{key}, []string{"$1"}
+	for _, f := range c.w.cfg.Fields {
+		cols = append(cols, pgx.Identifier{t.Columns[f]}.Sanitize())
+		args = append(args, values[f])
+		marks = append(marks, "$"+strconv.Itoa(len(args)))
+	}
+	tag, err := conn.Exec(ctx, fmt.Sprintf("INSERT INTO %s (%s) VALUES (%s) ON CONFLICT DO NOTHING", pgx.Identifier{t.Table}.Sanitize(),
+		strings.Join(cols, ", "), strings.Join(marks, ", ")), args...)
+	if err != nil {
+		return mayHaveRun(err), fmt.Errorf("insert: %w", err)
+	}
+	if tag.RowsAffected() != 1 {
+		return false, errors.New("insert: the row exists")
+	}
+	return false, nil
+}
+
+// mayHaveRun reports whether a statement sent on its own (autocommit) may
+// have committed despite err: not when PostgreSQL refused it (a PgError)
+// nor when pgx says it was never sent (pgconn.SafeToRetry); otherwise (the
+// session ended, a timeout) the outcome is unknown.
+func mayHaveRun(err error) bool {
+	var pgErr *pgconn.PgError
+	return !errors.As(err, &pgErr) && !pgconn.SafeToRetry(err)
 }
