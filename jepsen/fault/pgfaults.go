@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"time"
 )
 
@@ -52,51 +51,21 @@ func (f pgFault) Plan(rng *rand.Rand, topo Topology, lim Limits) Injection {
 		inj.hold = between(rng, lim.HoldMin/2, lim.HoldMax)
 		period := between(rng, 500*time.Millisecond, 2*time.Second)
 		inj.desc = fmt.Sprintf("terminate lattice's sessions to %s every %s", db, period)
-		var (
-			done chan struct{}
-			wg   sync.WaitGroup
-			mu   sync.Mutex
-			errs []error
-		)
+		var rep repeater
 		inj.start = func(ctx context.Context, env Env) error {
 			if err := need(env); err != nil {
 				return err
 			}
 			_, err := env.Databases.Terminate(ctx, db)
-			done = make(chan struct{})
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				t := time.NewTicker(period)
-				defer t.Stop()
-				for {
-					select {
-					case <-done:
-						return
-					case <-t.C:
-					}
-					tctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-					_, e := env.Databases.Terminate(tctx, db)
-					cancel()
-					if e != nil {
-						mu.Lock()
-						errs = append(errs, e)
-						mu.Unlock()
-					}
-				}
-			}()
+			rep.start(period, func(int) (bool, error) {
+				tctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				_, e := env.Databases.Terminate(tctx, db)
+				return true, e
+			})
 			return err
 		}
-		inj.stop = func(context.Context, Env) error {
-			if done != nil {
-				close(done)
-				wg.Wait()
-				done = nil
-			}
-			mu.Lock()
-			defer mu.Unlock()
-			return errors.Join(errs...)
-		}
+		inj.stop = func(context.Context, Env) error { return rep.stop() }
 	case "pg-restart", "pg-down":
 		if f.name == "pg-restart" {
 			inj.hold = between(rng, 200*time.Millisecond, 2*time.Second)

@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -158,31 +157,11 @@ func (w *Postgres) Run(ctx context.Context, env Env) error {
 	if len(w.cfg.Tables) == 0 || len(w.cfg.Fields) == 0 {
 		return errors.New("postgres workload: needs tables and fields")
 	}
-	interval := time.Duration(float64(w.cfg.Clients) / w.cfg.Rate * float64(time.Second))
-	var wg sync.WaitGroup
-	for p := 0; p < w.cfg.Clients; p++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := &pgClient{w: w, rec: env.Recorder, proc: 1000 + p, conns: map[string]*pgx.Conn{},
-				rng: rand.New(rand.NewPCG(w.cfg.Seed, 0x7067<<16|uint64(p)))}
-			defer c.close()
-			next := time.Now().Add(time.Duration(p) * interval / time.Duration(w.cfg.Clients))
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(time.Until(next)):
-				}
-				next = next.Add(interval)
-				if now := time.Now(); next.Before(now) {
-					next = now
-				}
-				c.step()
-			}
-		}()
-	}
-	wg.Wait()
+	pace(ctx, w.cfg.Clients, w.cfg.Rate, func(p int) (func(), func()) {
+		c := &pgClient{w: w, rec: env.Recorder, proc: 1000 + p, conns: map[string]*pgx.Conn{},
+			rng: rand.New(rand.NewPCG(w.cfg.Seed, 0x7067<<16|uint64(p)))}
+		return c.step, c.close
+	})
 	return nil
 }
 
