@@ -8,9 +8,10 @@
 // schedule's random source, never while it runs, so two runs with one seed
 // differ only in timing.
 //
-// Faults act through Env, the narrow view of the cluster they need. Part two
-// (PostgreSQL) adds the databases to Env and Topology; a fault that needs
-// something the run does not have says so in Available and is left out.
+// Faults act through Env, the narrow view of the cluster (and of the
+// PostgreSQL databases, when the run has some: Env.Databases,
+// Topology.Databases) they need; a fault that needs something the run does
+// not have says so in Available and is left out.
 package fault
 
 import (
@@ -132,8 +133,8 @@ type Injection interface {
 	Stop(ctx context.Context, env Env) error
 }
 
-// registry maps names to constructors. Populated by init in this package;
-// part two registers its PostgreSQL faults the same way.
+// registry maps names to constructors. Populated by init in this package
+// (faults.go, pgfaults.go).
 var registry = map[string]func() Fault{}
 
 // groups are names that stand for several faults.

@@ -3,10 +3,10 @@
 // knows how to talk to the system and how to classify what it was told;
 // checkers judge the history afterwards.
 //
-// Workload (a), API, is here: clients putting and deleting random fields of
-// a small key space through random nodes' gRPC API. Part two adds the
-// PostgreSQL workload (edits made in connected databases) behind the same
-// interface.
+// Workload (a), API: clients putting and deleting random fields of a small
+// key space through random nodes' gRPC API. Workload (b), Postgres: clients
+// updating, deleting and inserting rows of two databases the cluster keeps
+// in sync (postgres.go).
 package workload
 
 import (
