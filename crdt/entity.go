@@ -372,3 +372,55 @@ func (e *Entity) View(rec *Record) (fields []FieldView, deleted bool) {
 	}
 	return fields, deleted
 }
+
+// SourcePrefix begins the name of the system register a connector keeps in
+// each record it captures (SourceRegister): the source position of the last
+// change of the row it captured. It is never a declared field (names
+// starting with "_" are reserved), never in a View and never projected; it
+// replicates with the record like any register, so a connector that resumes
+// from an earlier checkpoint, here or on another node, recognises the
+// changes it already captured and does not capture them a second time as
+// new edits.
+const SourcePrefix = "_src:"
+
+// SourceRegister names connector's source-position register.
+func SourceRegister(connector string) string { return SourcePrefix + connector }
+
+// SystemValues returns the live values of a system register of rec.
+func SystemValues(rec *Record, register string) []Value {
+	reg := rec.Register(register)
+	if reg == nil {
+		return nil
+	}
+	var out []Value
+	for i := range reg.Versions {
+		if !reg.Dominated(i) {
+			out = append(out, reg.Versions[i].Value)
+		}
+	}
+	return out
+}
+
+// WithSystem returns writes with one more write, of the system register
+// (a name starting with "_" that no schema declares) to v, its context
+// computed from ec as for any other write, keeping writes sorted by
+// register. writes must not already hold the register.
+func WithSystem(rec *Record, writes []Write, register string, v Value, ec EditContext) ([]Write, error) {
+	if !strings.HasPrefix(register, "_") || register == DeletedField {
+		return nil, invalid("register %q is not a system register", register)
+	}
+	ctx, err := contextFor(rec, register, ec)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Write, 0, len(writes)+1)
+	out = append(out, writes...)
+	i := sort.Search(len(out), func(i int) bool { return out[i].Register >= register })
+	if i < len(out) && out[i].Register == register {
+		return nil, invalid("register %q is written twice", register)
+	}
+	out = append(out, Write{})
+	copy(out[i+1:], out[i:])
+	out[i] = Write{Register: register, Value: v, Ctx: ctx}
+	return out, nil
+}

@@ -153,7 +153,7 @@ func newStatusCmd(cf *clientFlags) *cobra.Command {
 
 func newConnectorsCmd(cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{Use: "connectors", Short: "inspect the connectors declared in the configuration"}
-	cmd.AddCommand(newDLQCmd(cf), newConnectorStatusCmd(cf), newPlanCmd(cf))
+	cmd.AddCommand(newDLQCmd(cf), newConnectorStatusCmd(cf), newPlanCmd(cf), newTriggerCmd())
 	for _, verb := range []string{"pause", "resume"} {
 		cmd.AddCommand(&cobra.Command{
 			Use:   verb + " CONNECTOR",

@@ -33,6 +33,8 @@ type position struct {
 	Changes int
 	// Poll is poll mode's position (poll.go); nil in other modes.
 	Poll *pollPosition
+	// Trigger is trigger mode's position (trigger.go); nil in other modes.
+	Trigger *triggerPosition
 }
 
 // after reports whether p is further along the stream than q.
@@ -46,7 +48,10 @@ func (p position) after(q position) bool {
 	if p.Changes != q.Changes {
 		return p.Changes > q.Changes
 	}
-	return p.Poll.seq() > q.Poll.seq()
+	if p.Poll.seq() != q.Poll.seq() {
+		return p.Poll.seq() > q.Poll.seq()
+	}
+	return p.Trigger.seq() > q.Trigger.seq()
 }
 
 // checkpoint is what the connector records through the control plane.
@@ -72,6 +77,11 @@ type checkpoint struct {
 	Limits map[string]poolState `json:"rate_limits,omitempty"`
 	// Poll is poll mode's position (poll.go); nil in other modes.
 	Poll *pollPosition `json:"poll,omitempty"`
+	// Trigger is trigger mode's position (trigger.go); nil in other modes.
+	Trigger *triggerPosition `json:"trigger,omitempty"`
+	// Mode is the capture mode that wrote it (mode auto keeps it while the
+	// database still allows it: auto.go).
+	Mode string `json:"mode,omitempty"`
 }
 
 func (cp *checkpoint) cursor() (crdt.VV, bool) {
@@ -209,7 +219,9 @@ func (c *Connector) writeCheckpoint(ctx context.Context, pos position, snapshot 
 			cp.Cursor[e.Node] = e.Seq
 		}
 	}
-	cp.Poll = pos.Poll // poll mode (poll.go); nil otherwise
+	cp.Poll = pos.Poll       // poll mode (poll.go); nil otherwise
+	cp.Trigger = pos.Trigger // trigger mode (trigger.go); nil otherwise
+	cp.Mode = c.modeNow()
 	data, _ := json.Marshal(cp)
 	if err := c.checkpoints.WriteCheckpoint(ctx, c.cfg.Name, c.epoch, data); err != nil {
 		return fmt.Errorf("connector %s: checkpoint at epoch %d refused (did it move to another node?): %w", c.cfg.Name, c.epoch, err)
@@ -333,20 +345,8 @@ func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
 		}
 		// Recorded before streaming: a restart before this point finds a
 		// slot without a finished snapshot and starts over.
-		for {
-			err := c.writeCheckpoint(ctx, from, true)
-			if err == nil {
-				break
-			}
-			if !errors.Is(err, errNotYet) {
-				return err
-			}
-			c.log.Warn("waiting to record the snapshot's checkpoint", "err", err)
-			select {
-			case <-ctx.Done():
-				return ctx.Err()
-			case <-time.After(time.Second):
-			}
+		if err := c.recordSnapshot(ctx, from); err != nil {
+			return err
 		}
 	} else if hasCP && cp.Slot == c.cfg.Slot {
 		from = cp.position()
@@ -367,11 +367,36 @@ func (c *Connector) capture(ctx context.Context, conn *pgx.Conn) error {
 	return c.stream(ctx, rconn, from)
 }
 
+// recordSnapshot checkpoints the position right after an initial
+// snapshot, waiting (retrying) while the write concern is not reached.
+func (c *Connector) recordSnapshot(ctx context.Context, from position) error {
+	for c.checkpoints != nil {
+		err := c.writeCheckpoint(ctx, from, true)
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, errNotYet) {
+			return err
+		}
+		c.log.Warn("waiting to record the snapshot's checkpoint", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	return nil
+}
+
 // awaitPrevious waits (bounded) until this node holds the edits the
 // checkpoint's writer had made when it wrote it, so the next changes of
 // each row are captured with a context that covers them.
 func (c *Connector) awaitPrevious(ctx context.Context, cp checkpoint) error {
-	if cp.Node == "" || cp.Node == c.store.NodeID() || c.store.Applied().Get(cp.Node) >= cp.Seq {
+	if cp.Node == "" || cp.Node == c.store.NodeID() {
+		return nil
+	}
+	defer c.awaitQuiet(ctx, cp.Node)
+	if c.store.Applied().Get(cp.Node) >= cp.Seq {
 		return nil
 	}
 	c.log.Info("waiting for the previous owner's captured edits to replicate here", "node", cp.Node, "seq", cp.Seq)
@@ -391,6 +416,29 @@ func (c *Connector) awaitPrevious(ctx context.Context, cp checkpoint) error {
 	return nil
 }
 
+// awaitQuiet waits (up to previousQuiet.max) until no more of node's edits
+// arrive here for previousQuiet.still: the previous owner may have captured
+// changes after its checkpoint, and those still on their way would not be
+// recognised as already captured (the records' source registers, see
+// change.src) and be captured a second time.
+func (c *Connector) awaitQuiet(ctx context.Context, node string) {
+	deadline := time.Now().Add(previousQuiet.max)
+	last, since := c.store.Applied().Get(node), time.Now()
+	for time.Since(since) < previousQuiet.still && time.Now().Before(deadline) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(20 * time.Millisecond):
+		}
+		if seq := c.store.Applied().Get(node); seq != last {
+			last, since = seq, time.Now()
+		}
+	}
+}
+
+// previousQuiet bounds awaitQuiet.
+var previousQuiet = struct{ still, max time.Duration }{time.Second, 5 * time.Second}
+
 // snapshot captures every existing row of the mapped tables as of the slot's snapshot.
 func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) error {
 	tx, err := conn.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
@@ -401,6 +449,14 @@ func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) e
 	if _, err := tx.Exec(ctx, fmt.Sprintf("SET TRANSACTION SNAPSHOT '%s'", name)); err != nil {
 		return fmt.Errorf("connector %s: use the slot's snapshot: %w", c.cfg.Name, err)
 	}
+	if err := c.snapshotTables(ctx, tx); err != nil {
+		return err
+	}
+	return tx.Commit(ctx)
+}
+
+// snapshotTables captures every row of the mapped tables as tx sees them.
+func (c *Connector) snapshotTables(ctx context.Context, tx pgx.Tx) error {
 	total := 0
 	for i := range c.cfg.Tables {
 		t := &c.cfg.Tables[i]
@@ -466,7 +522,7 @@ func (c *Connector) snapshot(ctx context.Context, conn *pgx.Conn, name string) e
 		}
 	}
 	c.log.Info("initial snapshot captured", "rows", total)
-	return tx.Commit(ctx)
+	return nil
 }
 
 // Capture pipeline limits.
@@ -695,10 +751,10 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 				c.remember(ch)
 				continue
 			}
-			ch.at = tx.at
+			ch.at, ch.src = tx.at, sourcePos(tx.commit, tx.changes)
 			if moved != nil {
 				// A new key is a new record: the old one is deleted.
-				moved.at = tx.at
+				moved.at, moved.src = tx.at, ch.src
 				pl.add(*moved)
 				c.remember(*moved)
 			}

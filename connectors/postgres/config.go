@@ -90,7 +90,7 @@ const (
 )
 
 // modes are the capture modes this build implements.
-var modes = []string{ModeLogical, ModePoll}
+var modes = []string{ModeLogical, ModeTrigger, ModePoll, ModeAuto}
 
 func validMode(m string) bool {
 	for _, x := range modes {
@@ -189,7 +189,10 @@ func ParseConfig(name string, decl map[string]any, schema *crdt.Schema) (*Config
 		errs = append(errs, fmt.Errorf("connector %q: no connection string: set dsn_env (an environment variable) or dsn_file", name))
 	}
 	if !validMode(c.Mode) {
-		errs = append(errs, fmt.Errorf("connector %q: mode %q: want %s", name, c.Mode, strings.Join(modes, ", ")))
+		errs = append(errs, fmt.Errorf("connector %q: mode %q: want %s (logical: logical replication, needs wal_level = logical and the REPLICATION attribute; trigger: a change table filled by triggers; poll: queries on each table's updated_at; auto: the first of these the database allows)", name, c.Mode, strings.Join(modes, ", ")))
+	}
+	if c.Mode == ModeTrigger || c.Mode == ModeAuto {
+		errs = append(errs, checkTriggerName(name)...) // trigger.go
 	}
 	if c.Acks < 1 || c.Acks > 9 {
 		errs = append(errs, fmt.Errorf("connector %q: acks %d: want 1 (this node only) to 9 nodes", name, c.Acks))

@@ -86,6 +86,13 @@ type Connector struct {
 	// pollst is poll capture's state (poll.go), set when it starts; nil in
 	// other modes.
 	pollst atomic.Pointer[pollState]
+	// mode is the capture mode in effect: the configured one, or the one
+	// mode auto chose and why (auto.go); set by Run before anything starts.
+	mode atomic.Pointer[modeChoice]
+	// trig is trigger capture's SQL and state (trigger.go); run tells this
+	// attempt's projection marks from earlier attempts'.
+	trig trigState
+	run  string
 }
 
 // WithObserver reports capture and projection lag.
@@ -143,6 +150,7 @@ func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log 
 	c.mu.deferred = map[string]bool{}
 	c.recheckC = make(chan struct{}, 1)
 	c.ready = make(chan struct{})
+	c.run = newRunID()
 	return c
 }
 
@@ -157,6 +165,10 @@ func (c *Connector) Run(ctx context.Context) error {
 		return fmt.Errorf("connector %s: connect: %w", c.cfg.Name, err)
 	}
 	defer conn.Close(context.Background())
+	// The capture mode: the configured one, or mode auto's choice (auto.go).
+	if err := c.chooseMode(ctx, conn); err != nil {
+		return err
+	}
 	if err := c.prepare(ctx, conn); err != nil {
 		return err
 	}
@@ -246,22 +258,26 @@ func (c *Connector) finalCheckpoint() {
 // captureMode runs capture in the configured mode. Each mode reads the
 // database's changes in order and feeds a pipeline (pipeline.go).
 func (c *Connector) captureMode(ctx context.Context, conn *pgx.Conn) error {
-	switch c.cfg.Mode {
+	switch m := c.modeNow(); m {
 	case ModeLogical:
 		return c.capture(ctx, conn)
+	case ModeTrigger:
+		return c.captureTrigger(ctx, conn) // trigger.go
 	case ModePoll:
 		return c.capturePoll(ctx, conn) // poll.go
+	default:
+		return fmt.Errorf("connector %s: capture mode %q is not implemented", c.cfg.Name, m)
 	}
-	return fmt.Errorf("connector %s: capture mode %q is not implemented", c.cfg.Name, c.cfg.Mode)
 }
 
 // prepare checks wal_level and creates the publication and the replication
-// origin lattice's writes carry (not in poll mode, which needs none of it).
+// origin lattice's writes carry (logical mode), or trigger capture's
+// objects (trigger mode).
 func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 	// Poll mode (poll.go) reads the tables with plain queries and reads its
-	// own writes back: no logical WAL, publication, replica identity or
-	// replication origin.
-	stream := !c.polling()
+	// own writes back, trigger mode (trigger.go) reads a change table: no
+	// logical WAL, publication, replica identity or replication origin.
+	stream := c.modeNow() == ModeLogical
 	var level string
 	if err := conn.QueryRow(ctx, "SHOW wal_level").Scan(&level); err != nil {
 		return fmt.Errorf("connector %s: %w", c.cfg.Name, err)
@@ -336,6 +352,14 @@ func (c *Connector) prepare(ctx context.Context, conn *pgx.Conn) error {
 			}
 		}
 	}
+	if c.triggering() {
+		c.buildTriggerSQL() // trigger.go
+	}
+	if c.triggering() && c.cfg.Capture {
+		if err := c.ensureTrigger(ctx, conn); err != nil { // trigger.go
+			return err
+		}
+	}
 	if !stream {
 		return nil
 	}
@@ -402,6 +426,30 @@ type change struct {
 	// that already hold the record's resolved value are not written again.
 	snapshot bool
 	refused  error // the row could not be mapped (transform.go): to the dead-letter queue
+	// src is the change's place in the source (sourcePos), ordered among
+	// the changes of one row; "" for a snapshot row. Kept in the record's
+	// source register, it makes capturing the change a second time (after
+	// a resume from an earlier checkpoint) a no-op.
+	src string
+}
+
+// sourcePos names a streamed change by the commit LSN of its transaction
+// and its ordinal in it: fixed-width, so that positions of one mode compare
+// as strings in stream order.
+func sourcePos(commit pglogrepl.LSN, ordinal int) string {
+	return fmt.Sprintf("L%016X.%08X", uint64(commit), ordinal)
+}
+
+// alreadyCaptured reports whether rec's source register says this
+// connector captured a change at or after src (of the same kind of
+// position) already.
+func alreadyCaptured(rec *crdt.Record, reg, src string) bool {
+	for _, v := range crdt.SystemValues(rec, reg) {
+		if have := v.Str(); len(have) == len(src) && have[0] == src[0] && have >= src {
+			return true
+		}
+	}
+	return false
 }
 
 func castText(cols []string) string {
@@ -501,20 +549,37 @@ func (c *Connector) write(ent *crdt.Entity, ch change, tok crdt.VV) storage.Loca
 			if len(ent.Groups) > 0 {
 				ec.History = env.History
 			}
+			reg := crdt.SourceRegister(c.cfg.Name)
+			if ch.src != "" && alreadyCaptured(rec, reg, ch.src) {
+				// Captured before a resume from an earlier checkpoint
+				// (the last owner got further than its checkpoint): the
+				// edit exists, with its own dot and time; a second one
+				// would count the change twice and could beat an edit
+				// made after it (found by the fault harness, pg-recapture).
+				c.log.Debug("change already captured", "entity", ent.Name, "id", ch.id, "src", ch.src)
+				return nil, nil
+			}
+			var writes []crdt.Write
+			var err error
 			if ch.deleted {
 				if len(rec.Registers) == 0 {
 					return nil, nil
 				}
-				return ent.PrepareDelete(rec, ec)
+				writes, err = ent.PrepareDelete(rec, ec)
+			} else {
+				fields := ch.fields
+				if ch.snapshot && len(rec.Registers) > 0 {
+					fields = unchanged(ent, rec, fields)
+				}
+				if len(fields) == 0 {
+					return nil, nil
+				}
+				writes, err = ent.PreparePut(rec, fields, ec)
 			}
-			fields := ch.fields
-			if ch.snapshot && len(rec.Registers) > 0 {
-				fields = unchanged(ent, rec, fields)
+			if err != nil || ch.src == "" {
+				return writes, err
 			}
-			if len(fields) == 0 {
-				return nil, nil
-			}
-			return ent.PreparePut(rec, fields, ec)
+			return crdt.WithSystem(rec, writes, reg, crdt.String(ch.src), ec)
 		}}
 }
 

@@ -3,8 +3,11 @@
 // replication slot's starting point, and projection of resolved record
 // state with INSERT ... ON CONFLICT DO UPDATE / DELETE in a session marked
 // with the replication origin lattice_<name>, so capture never reads its
-// own writes back; or, with mode: poll, capture by polling each table's
-// updated_at column (see "Poll mode" below). connectors/DESIGN.md states
+// own writes back; or, with mode: trigger, capture from a change table
+// that triggers fill (see "Trigger mode" below); or, with mode: poll,
+// capture by polling each table's updated_at column (see "Poll mode"); or,
+// with mode: auto, the first of these the database allows (see "Mode
+// auto"). connectors/DESIGN.md states
 // the delivery and causality contract; what follows documents the
 // configuration.
 //
@@ -40,7 +43,8 @@
 // Other connector keys: publication and slot (default lattice_<name>),
 // capture and project (both true by default), acks (nodes holding
 // captured edits before the source may release them, default 2), mode
-// (logical), replica_identity (full or default) and rate_limit (below).
+// (logical, trigger, poll or auto; default logical), replica_identity (full
+// or default) and rate_limit (below).
 //
 // # Rate limits
 //
@@ -250,6 +254,38 @@
 // Every poll edit is dated by the row's updated_at. HAZARDs (clocks, long
 // transactions, writes that do not set updated_at): connectors/DESIGN.md,
 // "Poll mode".
+//
+// # Trigger mode
+//
+// mode: trigger captures without logical replication (any wal_level, no
+// replication privilege, slot, publication or replication origin). Its
+// objects, per connector: schema lattice, a change table
+// lattice.changes_<name>, a trigger function lattice.capture_<name>() and,
+// on every mapped table, an AFTER INSERT OR UPDATE OR DELETE row trigger
+// lattice_capture_<name> that writes the old and new row (jsonb) into the
+// change table and notifies channel lattice_<name>. The connector installs
+// what is missing at start when its role may (CREATE on the database,
+// TRIGGER on the tables); otherwise `lattice connectors trigger install
+// NAME --config FILE`, run by a role that owns the tables, does (it prints
+// the SQL first; --dry-run only prints; remove drops everything). Every
+// mapped table needs a primary key or unique index on its key columns (the
+// order of a row's changes rests on the lock its key takes). Captured rows
+// are deleted from the change table once a checkpoint covers them; objects
+// found missing at start (or while running) are installed again and
+// capture starts over from a snapshot. TRUNCATE is not captured. Details:
+// connectors/DESIGN.md, "Trigger mode".
+//
+// # Mode auto
+//
+// mode: auto picks, when the connector starts, logical if wal_level is
+// logical and the role may replicate (and may set a replication origin, and
+// has or may create the publication), else trigger if its objects are
+// installed or the role may install them, else poll if every table has
+// updated_at (poll settings are optional: defaults apply). The choice and
+// why the other modes were passed over are logged and shown as the mode of
+// `lattice connectors status`. A connector keeps the mode its checkpoint
+// was written in while the database still allows it. When no mode fits,
+// the error names each reason.
 //
 // # Errors and the dead-letter queue
 //

@@ -24,7 +24,21 @@ func TestConnectorOwnerKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster and two databases")
 	}
-	crm, billing := pgtest.Start(t), pgtest.Start(t)
+	ownerKilled(t, "logical", pgtest.Start(t))
+}
+
+// TestTriggerOwnerKilled is TestConnectorOwnerKilled with crm in trigger
+// mode on a server without logical decoding: the new owner resumes from
+// the checkpointed change-table position and loses nothing.
+func TestTriggerOwnerKilled(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a cluster and two databases")
+	}
+	ownerKilled(t, "trigger", pgtest.Start(t, pgtest.WithConf("wal_level", "replica")))
+}
+
+func ownerKilled(t *testing.T, mode string, crm *pgtest.Server) {
+	billing := pgtest.Start(t)
 	crm.CreateDB(t, "crm")
 	billing.CreateDB(t, "billing")
 	crm.Exec(t, "crm", `CREATE TABLE customers (customer_id int PRIMARY KEY, full_name text, email_address text, phone text)`)
@@ -33,6 +47,7 @@ func TestConnectorOwnerKilled(t *testing.T) {
   crm:
     kind: postgres
     dsn: %q
+    mode: %s
     tables:
       customers:
         entity: contact
@@ -46,7 +61,7 @@ func TestConnectorOwnerKilled(t *testing.T) {
         entity: contact
         key: [client_ref]
         columns: {name: name, email: email, tel: phone}
-`, crm.DSN("crm"), billing.DSN("billing"))
+`, crm.DSN("crm"), mode, billing.DSN("billing"))
 	c := clustertest.Start(t, latticeBin, 3, clustertest.Options{Config: cfg})
 
 	owner := func(name string) (string, uint64) {
@@ -118,6 +133,12 @@ func TestConnectorOwnerKilled(t *testing.T) {
 	got := query(t, billing, "billing", fmt.Sprintf("SELECT name FROM clients WHERE client_ref = %d", total-1))
 	if len(got) != 1 || got[0] != fmt.Sprintf("name-%d", total-1) {
 		t.Errorf("last row in billing = %v", got)
+	}
+	if mode == "trigger" {
+		eventually(t, "the new owner deletes what it captured from the change table", func() (bool, string) {
+			n := query(t, crm, "crm", "SELECT count(*) FROM lattice.changes_crm WHERE op <> 'M'")[0]
+			return n == "0", n + " rows"
+		})
 	}
 }
 

@@ -117,9 +117,9 @@ type rawSoftDelete struct {
 	Value  json.RawMessage `json:"value"`
 }
 
-// polling reports whether the connector captures by polling. (When mode
-// auto lands, this is where the chosen mode is read.)
-func (c *Connector) polling() bool { return c.cfg.Mode == ModePoll }
+// polling reports whether the connector captures by polling (configured,
+// or chosen by mode auto: auto.go).
+func (c *Connector) polling() bool { return c.modeNow() == ModePoll }
 
 // parsePoll reads a table's poll settings (config.go calls it for every
 // table): required updated_at in mode poll, defaults, and checks whose
@@ -131,7 +131,13 @@ func parsePoll(connector, name, mode string, raw json.RawMessage, t *Table) []er
 	if given && (mode == ModeLogical || mode == ModeTrigger) {
 		return []error{fmt.Errorf("%s: poll settings apply to mode: poll, and this connector's mode is %s: remove poll or set mode: poll", at, mode)}
 	}
-	if mode != ModePoll && !given {
+	// Mode auto may fall back to poll: a table with updated_at gets poll's
+	// settings (defaults when none are given), one without cannot be polled.
+	pollable := mode == ModePoll || (mode == ModeAuto && t.UpdatedAt != "")
+	if given && mode == ModeAuto && t.UpdatedAt == "" {
+		return []error{fmt.Errorf("%s: poll settings need updated_at (mode auto falls back to poll only for tables with an updated_at column): add updated_at or remove poll", at)}
+	}
+	if !pollable && !given {
 		return nil
 	}
 	p := &PollTable{Interval: defaultPollInterval, Overlap: defaultPollOverlap, PageSize: defaultPollPage}
@@ -194,7 +200,7 @@ func parsePoll(connector, name, mode string, raw json.RawMessage, t *Table) []er
 			}
 		}
 	}
-	if mode == ModePoll {
+	if pollable {
 		switch {
 		case t.UpdatedAt == "":
 			errs = append(errs, fmt.Errorf("%s: mode poll needs updated_at: the timestamp column the database sets whenever a row is inserted or updated (DEFAULT clock_timestamp() and a trigger, or SET updated_at = clock_timestamp() in every UPDATE)", at))
@@ -1141,7 +1147,6 @@ func (c *Connector) pollReport(r *connectors.Report) {
 	if st == nil {
 		return
 	}
-	r.Mode = ModePoll
 	c.prog.mu.Lock()
 	written := c.prog.written.capture.Poll
 	c.prog.mu.Unlock()

@@ -28,21 +28,41 @@ import (
 //
 //	go test ./connectors/postgres/ -run '^$' -bench PollPropagation -benchtime 1x -timeout 30m
 func BenchmarkPollPropagation(b *testing.B) {
+	benchPropagation(b, []benchSystem{
+		{"poll 100ms", "contact_p100", "poll", "{interval: 100ms}", "crm_p100", "billing_p100"},
+		{"poll 1s", "contact_p1s", "poll", "{}", "crm_p1s", "billing_p1s"},
+		{"logical", "contact_logical", "logical", "", "crm_logical", "billing_logical"},
+	})
+}
+
+// BenchmarkTriggerPropagation is BenchmarkPollPropagation for trigger mode
+// beside logical mode (one source server with wal_level=logical, so both
+// run on it; the trigger connector reads its change table only).
+//
+//	go test ./connectors/postgres/ -run '^$' -bench TriggerPropagation -benchtime 1x -timeout 30m
+func BenchmarkTriggerPropagation(b *testing.B) {
+	benchPropagation(b, []benchSystem{
+		{"trigger", "contact_trigger", "trigger", "", "crm_trigger", "billing_trigger"},
+		{"logical", "contact_logical", "logical", "", "crm_logical", "billing_logical"},
+	})
+}
+
+// benchSystem is one source connector of a propagation benchmark.
+type benchSystem struct {
+	name, entity, mode, poll string
+	src, dst                 string // databases
+}
+
+// benchPropagation runs the propagation benchmark described on
+// BenchmarkPollPropagation for the given systems.
+func benchPropagation(b *testing.B, systems []benchSystem) {
 	src, dst := pgtest.Start(b), pgtest.Start(b)
 	bin, err := pgtest.Bin()
 	if err != nil {
 		b.Fatal(err)
 	}
 	const rows = 1000
-	type system struct {
-		name, entity, mode, poll string
-		src, dst                 string // databases
-	}
-	systems := []system{
-		{"poll 100ms", "contact_p100", "poll", "{interval: 100ms}", "crm_p100", "billing_p100"},
-		{"poll 1s", "contact_p1s", "poll", "{}", "crm_p1s", "billing_p1s"},
-		{"logical", "contact_logical", "logical", "", "crm_logical", "billing_logical"},
-	}
+	type system = benchSystem
 	cfg := "entities:\n"
 	for _, s := range systems {
 		cfg += fmt.Sprintf("  %s:\n    fields: {name: string, email: string, phone: string, sent_at: timestamp}\n", s.entity)

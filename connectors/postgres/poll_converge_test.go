@@ -25,6 +25,39 @@ func TestPollConvergenceUnderPgbench(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a cluster, two databases and pgbench")
 	}
+	pgbenchConvergence(t, convergeCase{
+		mode: "poll",
+		crmDDL: `CREATE TABLE customers (customer_id int PRIMARY KEY, full_name text, email_address text, phone text,
+		updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
+		CREATE INDEX customers_poll ON customers (updated_at, customer_id)`,
+		crmTable: `        updated_at: updated_at
+        poll: {interval: 100ms, keyset_every: 10}
+`,
+		crmScript: `\set id random(1, %[1]d)
+\set hot random(1, 5)
+\set f random(1, 2)
+\if :f = 1
+UPDATE customers SET full_name = 'crm-' || :client_id || '-' || :id || '-' || random(), updated_at = clock_timestamp() WHERE customer_id = :id;
+\else
+UPDATE customers SET phone = 'crm-' || :client_id || '-' || random(), updated_at = clock_timestamp() WHERE customer_id = :hot;
+\endif
+`,
+		via: "the polled table",
+	})
+}
+
+// convergeCase is one capture mode's run of pgbenchConvergence: crm's
+// table (DDL and the mapping lines besides entity, key and columns), its
+// pgbench script (%[1]d: the rows), what an echo would come through, and
+// checks to run at the end.
+type convergeCase struct {
+	mode, crmDDL, crmTable, crmScript, via string
+	after                                  func(t *testing.T, crm *pgtest.Server)
+}
+
+// pgbenchConvergence runs a convergence test under pgbench with crm in
+// k.mode (on wal_level=replica) and billing in logical mode.
+func pgbenchConvergence(t *testing.T, k convergeCase) {
 	bin, err := pgtest.Bin()
 	if err != nil {
 		t.Fatal(err)
@@ -33,24 +66,20 @@ func TestPollConvergenceUnderPgbench(t *testing.T) {
 	crm.CreateDB(t, "crm")
 	billing.CreateDB(t, "billing")
 	const rows = 200
-	crm.Exec(t, "crm", `CREATE TABLE customers (customer_id int PRIMARY KEY, full_name text, email_address text, phone text,
-		updated_at timestamptz NOT NULL DEFAULT clock_timestamp());
-		CREATE INDEX customers_poll ON customers (updated_at, customer_id)`)
+	crm.Exec(t, "crm", k.crmDDL)
 	crm.Exec(t, "crm", fmt.Sprintf(`INSERT INTO customers SELECT i, 'name '||i, 'c'||i||'@example.com', '0' FROM generate_series(1, %d) i`, rows))
 	billing.Exec(t, "billing", `CREATE TABLE clients (client_ref int PRIMARY KEY, name text, email text, tel text)`)
 	cfg := schemaYAML + fmt.Sprintf(`connectors:
   crm:
     kind: postgres
     dsn: %q
-    mode: poll
+    mode: %s
     tables:
       customers:
         entity: contact
         key: [customer_id]
-        updated_at: updated_at
         columns: {full_name: name, email_address: email, phone: phone}
-        poll: {interval: 100ms, keyset_every: 10}
-  billing:
+%s  billing:
     kind: postgres
     dsn: %q
     tables:
@@ -58,7 +87,7 @@ func TestPollConvergenceUnderPgbench(t *testing.T) {
         entity: contact
         key: [client_ref]
         columns: {name: name, email: email, tel: phone}
-`, crm.DSN("crm"), billing.DSN("billing"))
+`, crm.DSN("crm"), k.mode, k.crmTable, billing.DSN("billing"))
 	c := clustertest.Start(t, latticeBin, 3, clustertest.Options{Config: cfg})
 
 	crmSum := func() (string, int) {
@@ -67,7 +96,7 @@ func TestPollConvergenceUnderPgbench(t *testing.T) {
 	billSum := func() (string, int) {
 		return tableSum(t, billing, "billing", "clients", "client_ref", "name", "email", "tel")
 	}
-	eventually(t, "initial poll reaches billing", func() (bool, string) {
+	eventually(t, "crm's snapshot reaches billing", func() (bool, string) {
 		a, n := crmSum()
 		b, m := billSum()
 		return a == b && n == rows, fmt.Sprintf("crm %d rows %s, billing %d rows %s", n, a, m, b)
@@ -82,15 +111,7 @@ func TestPollConvergenceUnderPgbench(t *testing.T) {
 		}
 		return p
 	}
-	crmScript := script("crm.sql", fmt.Sprintf(`\set id random(1, %d)
-\set hot random(1, 5)
-\set f random(1, 2)
-\if :f = 1
-UPDATE customers SET full_name = 'crm-' || :client_id || '-' || :id || '-' || random(), updated_at = clock_timestamp() WHERE customer_id = :id;
-\else
-UPDATE customers SET phone = 'crm-' || :client_id || '-' || random(), updated_at = clock_timestamp() WHERE customer_id = :hot;
-\endif
-`, rows))
+	crmScript := script("crm.sql", fmt.Sprintf(k.crmScript, rows))
 	billScript := script("billing.sql", fmt.Sprintf(`\set id random(1, %d)
 \set hot random(1, 5)
 \set f random(1, 5)
@@ -148,12 +169,14 @@ UPDATE clients SET email = 'bill-' || :client_id || '-' || random() || '@example
 	}
 	t.Logf("conflicts detected on the three nodes: %v", detected)
 
-	// Quiet: no edits appear once nothing changes (no echo through the
-	// polled table).
+	// Quiet: no edits appear once nothing changes (no echo).
 	before := clusterEdits(t, c.Nodes[0])
 	time.Sleep(2 * time.Second)
 	if after := clusterEdits(t, c.Nodes[0]); after != before {
-		t.Errorf("edits keep appearing after the load stopped (echo through the polled table): %s -> %s", before, after)
+		t.Errorf("edits keep appearing after the load stopped (echo through %s): %s -> %s", k.via, before, after)
+	}
+	if k.after != nil {
+		k.after(t, crm)
 	}
 }
 

@@ -172,6 +172,23 @@ func (e *env) records(t *testing.T, field, want string) (live, match int) {
 	}
 }
 
+// noEcho fails when a field (record id, field) has a version crm captured
+// other than crm's own value own: crm took a projection back as native.
+func (e *env) noEcho(t *testing.T, own string, fields ...[2]string) {
+	t.Helper()
+	for _, f := range fields {
+		vs, err := e.store.Versions("contact", f[0], f[1])
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, v := range vs {
+			if v.Origin == "postgres:crm" && v.Value.Str() != own {
+				t.Errorf("record %s %s: crm captured lattice's own projection back: %v", f[0], f[1], vs)
+			}
+		}
+	}
+}
+
 // quiet fails when edits keep appearing for a while with nothing changing
 // in any database (an echo loop).
 func (e *env) quiet(t *testing.T, what string) {
@@ -319,17 +336,7 @@ func TestPollNoEcho(t *testing.T) {
 			e.quiet(t, "after projecting into the polled table")
 			// Nothing crm captured came from its own projections: billing's
 			// versions are the only ones of what billing wrote.
-			for _, c := range []struct{ id, field string }{{"2", "name"}, {"1", "phone"}} {
-				vs, err := e.store.Versions("contact", c.id, c.field)
-				if err != nil {
-					t.Fatal(err)
-				}
-				for _, v := range vs {
-					if v.Origin == "postgres:crm" && v.Value.Str() != "111" {
-						t.Errorf("record %s %s: crm captured lattice's own projection back: %v", c.id, c.field, vs)
-					}
-				}
-			}
+			e.noEcho(t, "111", [2]string{"2", "name"}, [2]string{"1", "phone"})
 			// And crm's own edits still go through.
 			e.crm.Exec(t, "crm", `UPDATE customers SET email_address = 'bob@crm.example', updated_at = clock_timestamp() WHERE customer_id = 2`)
 			eventually(t, "crm's edit reaches billing", func() (bool, string) { return billRow(2) == "Bob bob@crm.example 222", billRow(2) })

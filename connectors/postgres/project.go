@@ -42,10 +42,19 @@ func (c *Connector) project(ctx context.Context, sub *storage.Subscription) erro
 	if !locked {
 		return fmt.Errorf("connector %s: another session holds the projection lock (advisory lock on 'lattice:%s') on this database: another lattice node is still writing into it; retrying until its session ends", c.cfg.Name, c.cfg.Name)
 	}
-	if c.polling() {
+	switch {
+	case c.polling():
 		// Poll mode reads its writes back instead (poll_project.go).
-	} else if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_session_setup($1)", c.cfg.originName()); err != nil {
-		return fmt.Errorf("connector %s: mark projection session with replication origin %s: %w", c.cfg.Name, c.cfg.originName(), err)
+	case c.triggering():
+		// Trigger mode: the capture trigger skips sessions with this
+		// setting (trigger.go).
+		if _, err := conn.Exec(ctx, "SELECT set_config($1, $2, false)", triggerOriginSetting, c.cfg.originName()); err != nil {
+			return fmt.Errorf("connector %s: mark projection session with %s: %w", c.cfg.Name, triggerOriginSetting, err)
+		}
+	default:
+		if _, err := conn.Exec(ctx, "SELECT pg_replication_origin_session_setup($1)", c.cfg.originName()); err != nil {
+			return fmt.Errorf("connector %s: mark projection session with replication origin %s: %w", c.cfg.Name, c.cfg.originName(), err)
+		}
 	}
 	// The subscription is open: everything committed from here on arrives
 	// through it. What committed before is projected now: from the op log
@@ -269,10 +278,12 @@ func (c *Connector) projectRecord(ctx context.Context, conn *pgx.Conn, entity, i
 	if kept, err := c.pollLock(tctx, tx, []*projection{p}); err != nil || len(kept) == 0 {
 		return err
 	}
-	if err := c.execMarks(tctx, tx, []*projection{p}); err != nil {
+	if err := c.execProjection(tctx, tx, p); err != nil {
 		return err
 	}
-	if err := c.execProjection(tctx, tx, p); err != nil {
+	// The marks come after the writes: in trigger mode their place in the
+	// change table must follow the row locks the writes took (trigger.go).
+	if err := c.execMarks(tctx, tx, []*projection{p}); err != nil {
 		return err
 	}
 	if err := c.pollReadBack(tctx, tx, []*projection{p}); err != nil { // poll mode
@@ -399,9 +410,12 @@ func (c *Connector) pipeline(ctx context.Context, conn *pgx.Conn, ps []*projecti
 	}
 	b := &pgx.Batch{}
 	b.Queue("BEGIN")
-	b.Queue(emitMarks, marksPrefix, appendMarks(nil, ps))
 	for _, st := range c.statements(ps) {
 		b.Queue(st.SQL, st.Arguments...)
+	}
+	// The marks after the writes (see execMarks).
+	if q, args, ok := c.markStatement(ps); ok {
+		b.Queue(q, args...)
 	}
 	b.Queue("COMMIT")
 	res := conn.SendBatch(ctx, b)
@@ -429,13 +443,34 @@ func (c *Connector) pipeline(ctx context.Context, conn *pgx.Conn, ps []*projecti
 // emitMarks writes a projection message into the transaction's WAL.
 const emitMarks = "SELECT pg_logical_emit_message(true, $1, $2::bytea)"
 
-// execMarks writes the projection message for ps inside tx.
-func (c *Connector) execMarks(ctx context.Context, tx pgx.Tx, ps []*projection) error {
-	if c.polling() {
-		return nil // no stream reads them (poll_project.go)
+// markStatement is the statement that records ps's marks: a logical
+// message in the WAL (logical mode), a mark row in the change table
+// (trigger mode, when it captures: trigger.go), none in poll mode (no
+// stream reads them: poll_project.go).
+func (c *Connector) markStatement(ps []*projection) (string, []any, bool) {
+	switch {
+	case c.polling():
+		return "", nil, false
+	case c.triggering():
+		if !c.cfg.Capture {
+			return "", nil, false
+		}
+		return c.trig.sql.mark, []any{appendMarks(nil, ps), c.run}, true
 	}
-	if _, err := tx.Exec(ctx, emitMarks, marksPrefix, appendMarks(nil, ps)); err != nil {
-		return fmt.Errorf("connector %s: projection message: %w", c.cfg.Name, err)
+	return emitMarks, []any{marksPrefix, appendMarks(nil, ps)}, true
+}
+
+// execMarks writes the projection marks for ps inside tx, after their
+// writes: in trigger mode a mark's place in the change table is its place
+// in the row's history, so it must come after the row locks the writes
+// took (for logical mode the place inside the transaction does not matter).
+func (c *Connector) execMarks(ctx context.Context, tx pgx.Tx, ps []*projection) error {
+	q, args, ok := c.markStatement(ps)
+	if !ok {
+		return nil
+	}
+	if _, err := tx.Exec(ctx, q, args...); err != nil {
+		return fmt.Errorf("connector %s: projection marks: %w", c.cfg.Name, err)
 	}
 	return nil
 }

@@ -70,7 +70,7 @@ func (c *Connector) stats() *stats {
 // Report describes the connector as it runs (connectors.Reporter). It takes
 // only the stats' mutex and does no I/O.
 func (c *Connector) Report() connectors.Report {
-	r := connectors.Report{Mode: "logical"}
+	r := connectors.Report{Mode: c.modeReport()} // auto.go
 	if c.cfg != nil && !c.cfg.Capture {
 		r.Mode = "project-only"
 	}
@@ -79,6 +79,7 @@ func (c *Connector) Report() connectors.Report {
 	}
 	r.RateLimits = c.limits().report() // ratelimit.go
 	c.pollReport(&r)                   // poll mode (poll.go)
+	c.triggerReport(&r)                // trigger mode (trigger.go)
 	select {
 	case <-c.ready: // capture has its slot and snapshot (or there is no capture)
 		r.State = connectors.StateStreaming

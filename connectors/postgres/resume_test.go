@@ -29,6 +29,9 @@ type memCheckpoints struct {
 	epoch  uint64
 	data   map[string][]byte
 	writes int
+	// down makes every write fail, as when the owner dies before its
+	// next checkpoint (or the control plane is unreachable).
+	down bool
 }
 
 var errStale = errors.New("stale epoch")
@@ -38,6 +41,9 @@ func (m *memCheckpoints) WriteCheckpoint(_ context.Context, name string, epoch u
 	defer m.mu.Unlock()
 	if epoch != m.epoch {
 		return fmt.Errorf("%w: %d, current %d", errStale, epoch, m.epoch)
+	}
+	if m.down {
+		return errors.New("control plane unreachable (test)")
 	}
 	if m.data == nil {
 		m.data = map[string][]byte{}
@@ -278,6 +284,59 @@ func TestResumeNoDuplicates(t *testing.T) {
 		}
 		if len(vs) != want {
 			t.Errorf("record %s has %d versions of name, want %d (captured twice?)", id, len(vs), want)
+		}
+	}
+	if r := obs.list(); len(r) != 0 {
+		t.Errorf("a trusted slot was re-snapshotted: %v", r)
+	}
+}
+
+// TestResumeBehindCheckpointNoRecapture: the connector captured changes its
+// checkpoint never recorded (its owner died before the next checkpoint, or
+// the control plane was unreachable); the next run streams them again from
+// the checkpoint and recognises each as captured already (the records'
+// source registers), so none becomes a second edit.
+func TestResumeBehindCheckpointNoRecapture(t *testing.T) {
+	e := setup(t)
+	cp := &memCheckpoints{epoch: 1}
+	obs := &resnapshots{}
+	stop := e.runCRM(t, cp, obs)
+	waitCheckpoint(t, cp, "snapshot checkpoint", func(m map[string]any) bool { return m["snapshot"] == true })
+	e.crm.Exec(t, "crm", `INSERT INTO customers VALUES (1, 'Ann', NULL, NULL)`)
+	eventually(t, "row 1 captured", func() (bool, string) { return e.name(t, "1") == "Ann", e.name(t, "1") })
+	applied := e.store.Applied().Get("n1")
+	waitCheckpoint(t, cp, "checkpoint covers row 1", func(m map[string]any) bool { return m["seq"] == float64(applied) })
+	before := cp.get(t, "crm")
+
+	cp.mu.Lock()
+	cp.down = true
+	cp.mu.Unlock()
+	e.crm.Exec(t, "crm", `UPDATE customers SET full_name = 'Ann 2' WHERE customer_id = 1`)
+	e.crm.Exec(t, "crm", `BEGIN; INSERT INTO customers VALUES (2, 'Bob', NULL, NULL); INSERT INTO customers VALUES (3, 'Cy', NULL, NULL); UPDATE customers SET full_name = 'Bob 2' WHERE customer_id = 2; COMMIT`)
+	eventually(t, "changes captured past the checkpoint", func() (bool, string) {
+		got := e.name(t, "1") + " " + e.name(t, "2") + " " + e.name(t, "3")
+		return got == "Ann 2 Bob 2 Cy", got
+	})
+	if err := stop(); err != nil && !errors.Is(err, context.Canceled) {
+		t.Fatal(err)
+	}
+	if now := cp.get(t, "crm"); now["lsn"] != before["lsn"] || now["seq"] != before["seq"] {
+		t.Fatalf("the checkpoint moved while the control plane was down: %v, was %v", now, before)
+	}
+	cp.mu.Lock()
+	cp.down = false
+	cp.mu.Unlock()
+	stop = e.runCRM(t, cp, obs)
+	defer stop()
+	e.crm.Exec(t, "crm", `INSERT INTO customers VALUES (4, 'Di', NULL, NULL)`)
+	eventually(t, "row 4 captured after the restart", func() (bool, string) { return e.name(t, "4") == "Di", e.name(t, "4") })
+	for id, want := range map[string]int{"1": 2, "2": 2, "3": 1, "4": 1} {
+		vs, err := e.store.Versions("contact", id, "name")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(vs) != want {
+			t.Errorf("record %s has %d versions of name, want %d (captured twice?): %v", id, len(vs), want, vs)
 		}
 	}
 	if r := obs.list(); len(r) != 0 {
