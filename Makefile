@@ -46,7 +46,7 @@ bench: ## run the benchmarks quoted in BENCHMARKS.md
 	LATTICE_BENCH_REPS=3 $(GO) test ./connectors/postgres/ -run '^$$' -bench . -benchtime 1x -timeout 30m
 
 .PHONY: jepsen
-jepsen: deps ## fault-injection suite: 20 runs of 60 s with every fault (pass flags with ARGS='--runs 3 --seed 7 --faults partition,kill'; see jepsen/README.md)
+jepsen: deps ## fault-injection suite: 20 runs of 60 s, API and PostgreSQL workloads, every fault (pass flags with ARGS='--runs 3 --seed 7 --faults partition,kill --workload api'; see jepsen/README.md)
 	$(GO) run ./cmd/lattice-jepsen $(ARGS)
 
 .PHONY: jepsen-scenarios

@@ -19,6 +19,7 @@ import (
 	"github.com/lattice-sync/lattice/jepsen/fault"
 	"github.com/lattice-sync/lattice/jepsen/history"
 	"github.com/lattice-sync/lattice/jepsen/nodes"
+	"github.com/lattice-sync/lattice/jepsen/pg"
 	"github.com/lattice-sync/lattice/jepsen/report"
 	"github.com/lattice-sync/lattice/jepsen/workload"
 )
@@ -38,6 +39,15 @@ type Config struct {
 	OutDir string
 	// Nodes is the cluster size.
 	Nodes int
+	// Workloads is a comma-separated list of workloads: "api" (workload a)
+	// and "postgres" (workload b: two databases synced through the
+	// cluster, with the PostgreSQL faults); default both.
+	Workloads string
+	// PGClients, PGRate and PGRows configure the PostgreSQL workload
+	// (workload.PostgresConfig).
+	PGClients int
+	PGRate    float64
+	PGRows    int
 	// Keys, Clients, Rate, Timeout and CrossNode configure the API
 	// workload (workload.APIConfig).
 	Keys      int
@@ -72,6 +82,7 @@ type Config struct {
 // DefaultConfig is the full suite: 20 runs of 60 s with every fault.
 func DefaultConfig() Config {
 	return Config{Runs: 20, Duration: 60 * time.Second, Seed: 1, Faults: "all", OutDir: "jepsen/out", Nodes: 3,
+		Workloads: "api,postgres", PGClients: 4, PGRate: 40, PGRows: 8,
 		Keys: 8, Clients: 16, Rate: 150, Timeout: 2 * time.Second, CrossNode: 0.2, Limits: fault.DefaultLimits(),
 		Lead: 2 * time.Second, Tail: 5 * time.Second, ConvergeTimeout: 60 * time.Second, MaxOffset: 500 * time.Millisecond,
 		SampleEvery: 250 * time.Millisecond}
@@ -82,6 +93,7 @@ func DefaultConfig() Config {
 func SmokeConfig() Config {
 	c := DefaultConfig()
 	c.Runs, c.Duration, c.Rate, c.Clients, c.Timeout = 2, 25*time.Second, 60, 8, time.Second
+	c.Workloads = "api"
 	c.Limits = fault.SmokeLimits()
 	c.Tail = 3 * time.Second
 	return c
@@ -93,6 +105,47 @@ var schema = check.Schema{Entity: "item", Fields: []check.Field{
 	{Name: "a", Policy: "lww"}, {Name: "b", Policy: "lww"}, {Name: "c", Policy: "lww"},
 	{Name: "m", Policy: "mvr"}, {Name: "p", Policy: "priority", Priority: []string{"api-primary", "api"}},
 }}
+
+// pgSchema is the entity the PostgreSQL workload's tables map to (as in
+// cmd/lattice-demo): three lww fields, history kept forever.
+var pgSchema = check.Schema{Entity: "contact", Fields: []check.Field{
+	{Name: "email", Policy: "lww"}, {Name: "name", Policy: "lww"}, {Name: "phone", Policy: "lww"},
+}}
+
+// pgIDBase keeps the PostgreSQL workload's operation ids apart from the
+// API workload's.
+const pgIDBase = 1_000_000_000
+
+// workloads parses Config.Workloads.
+func (c *Config) workloads() (api, postgres bool, err error) {
+	for _, w := range strings.Split(c.Workloads, ",") {
+		switch strings.TrimSpace(w) {
+		case "api":
+			api = true
+		case "postgres", "pg":
+			postgres = true
+		case "":
+		default:
+			return false, false, fmt.Errorf("unknown workload %q (workloads: api, postgres)", w)
+		}
+	}
+	if !api && !postgres {
+		return false, false, errors.New("no workload: --workload api, postgres or api,postgres")
+	}
+	return api, postgres, nil
+}
+
+// topology is what the run's faults are planned against.
+func (c *Config) topology() (fault.Topology, error) {
+	topo := fault.Topology{Nodes: nodeIDs(c.Nodes), MaxOffset: c.MaxOffset}
+	_, postgres, err := c.workloads()
+	if postgres {
+		for _, sp := range pg.Specs {
+			topo.Databases = append(topo.Databases, sp.Name)
+		}
+	}
+	return topo, err
+}
 
 // origins the API workload writes as (api-primary one time in four).
 var origins = []string{"api", "api", "api", "api-primary"}
@@ -129,6 +182,18 @@ func (c *Config) fill() {
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+	if c.Workloads == "" {
+		c.Workloads = d.Workloads
+	}
+	if c.PGClients <= 0 {
+		c.PGClients = d.PGClients
+	}
+	if c.PGRate <= 0 {
+		c.PGRate = d.PGRate
+	}
+	if c.PGRows <= 0 {
+		c.PGRows = d.PGRows
+	}
 }
 
 // Run runs the suite and writes its reports, calling done (if set) after
@@ -139,7 +204,10 @@ func Run(ctx context.Context, cfg Config, done func(*report.Run)) (*report.Suite
 	if !clustertest.InNetNS() {
 		return nil, errors.New("the harness needs root and a private network namespace: call clustertest.EnterNetNS first")
 	}
-	topo := fault.Topology{Nodes: nodeIDs(cfg.Nodes), MaxOffset: cfg.MaxOffset}
+	topo, err := cfg.topology()
+	if err != nil {
+		return nil, err
+	}
 	if _, err := fault.Parse(cfg.Faults, topo); err != nil {
 		return nil, err
 	}
@@ -181,8 +249,14 @@ func nodeIDs(n int) []string {
 // Reproduce is the command that replays a run with seed under cfg.
 func Reproduce(cfg Config, seed uint64) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "make jepsen ARGS='--runs 1 --seed %d --duration %s --faults %s --nodes %d --rate %g --clients %d --keys %d --cross-node %g",
-		seed, cfg.Duration, cfg.Faults, cfg.Nodes, cfg.Rate, cfg.Clients, cfg.Keys, cfg.CrossNode)
+	fmt.Fprintf(&b, "make jepsen ARGS='--runs 1 --seed %d --duration %s --workload %s --faults %s --nodes %d --rate %g --clients %d --keys %d --cross-node %g",
+		seed, cfg.Duration, cfg.Workloads, cfg.Faults, cfg.Nodes, cfg.Rate, cfg.Clients, cfg.Keys, cfg.CrossNode)
+	if _, postgres, _ := cfg.workloads(); postgres {
+		fmt.Fprintf(&b, " --pg-rate %g --pg-clients %d --pg-rows %d", cfg.PGRate, cfg.PGClients, cfg.PGRows)
+	}
+	if d := fault.DefaultLimits(); cfg.Limits.DownMax != d.DownMax && cfg.Limits != fault.SmokeLimits() {
+		fmt.Fprintf(&b, " --db-down-max %s", cfg.Limits.DownMax)
+	}
 	if cfg.Limits == fault.SmokeLimits() {
 		b.WriteString(" --smoke")
 	}
@@ -210,7 +284,11 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	topo := fault.Topology{Nodes: nodeIDs(cfg.Nodes), MaxOffset: cfg.MaxOffset}
+	topo, err := cfg.topology()
+	if err != nil {
+		return nil, err
+	}
+	useAPI, usePG, _ := cfg.workloads()
 	faults, err := fault.Parse(cfg.Faults, topo)
 	if err != nil {
 		return nil, err
@@ -220,7 +298,14 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 		return nil, err
 	}
 	defer rec.Close()
-	r := &report.Run{Index: index, Seed: seed, Dir: dir, Workload: "api", Nodes: cfg.Nodes, Duration: cfg.Duration.Seconds(),
+	var names []string
+	if useAPI {
+		names = append(names, "api")
+	}
+	if usePG {
+		names = append(names, "postgres")
+	}
+	r := &report.Run{Index: index, Seed: seed, Dir: dir, Workload: strings.Join(names, "+"), Nodes: cfg.Nodes, Duration: cfg.Duration.Seconds(),
 		Reproduce: Reproduce(cfg, seed), ClockRefusals: map[string]uint64{}}
 	for _, f := range faults {
 		r.Faults = append(r.Faults, f.Name())
@@ -233,8 +318,41 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 	}
 	log.Info("run starting", "dir", dir, "injections", len(steps))
 
+	// Databases: started, seeded and named in the nodes' configuration
+	// before the cluster starts (the connectors' initial snapshot captures
+	// the seeded rows).
+	config := schema.YAML()
+	var dbs *pg.Set
+	var pgw *workload.Postgres
+	if usePG {
+		dbs, err = pg.Start(ctx, pg.Specs)
+		if err != nil {
+			r.Errors = append(r.Errors, "start PostgreSQL: "+err.Error())
+			r.Finish()
+			return r, report.WriteRun(r, nil)
+		}
+		defer func() {
+			dbs.KeepLogs(dir)
+			if err := dbs.Close(); err != nil {
+				log.Warn("close databases", "err", err)
+			}
+		}()
+		var tables []workload.PGTable
+		for _, d := range dbs.DBs {
+			tables = append(tables, workload.PGTable{DB: d.Name, DSN: d.ClientDSN(), Table: d.Table, KeyCol: d.KeyCol, Columns: d.Columns})
+		}
+		pgw = workload.NewPostgres(workload.PostgresConfig{Seed: seed, Clients: cfg.PGClients, Rate: cfg.PGRate, Entity: pgSchema.Entity,
+			Rows: cfg.PGRows, Tables: tables, Fields: pgSchema.FieldNames(), Timeout: cfg.Timeout, IDBase: pgIDBase})
+		if err := pgw.Seed(ctx, rec); err != nil {
+			r.Errors = append(r.Errors, err.Error())
+			r.Finish()
+			return r, report.WriteRun(r, nil)
+		}
+		config = check.YAML(schema, pgSchema) + dbs.ConnectorYAML(pgSchema.Entity)
+	}
+
 	// Cluster.
-	cl, err := nodes.Start(ctx, nodes.Config{Bin: cfg.Bin, Dir: filepath.Join(dir, "nodes"), N: cfg.Nodes, Schema: schema.YAML(),
+	cl, err := nodes.Start(ctx, nodes.Config{Bin: cfg.Bin, Dir: filepath.Join(dir, "nodes"), N: cfg.Nodes, Schema: config,
 		MaxOffset: cfg.MaxOffset, Logger: log,
 		OnClock: func(node string, off time.Duration) {
 			rec.Event(history.Event{Kind: "clock", Targets: []string{node}, OffsetMS: off.Milliseconds()})
@@ -258,6 +376,18 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 	for _, nd := range cl.Nodes {
 		wnodes = append(wnodes, workload.Node{ID: nd.ID, Records: nd.Records()})
 	}
+	pgKeys := check.PGKeys(cfg.PGRows)
+	if usePG {
+		// The seeded rows must have reached the other database before
+		// traffic starts.
+		took, err := settle(ctx, wnodes, dbs, pgKeys, cfg.ConvergeTimeout)
+		if err != nil {
+			r.Errors = append(r.Errors, "initial sync: "+err.Error())
+			r.Finish()
+			return r, report.WriteRun(r, nil)
+		}
+		log.Info("databases in sync", "took", took)
+	}
 
 	// Status sampler: every node's HLC and applied vector, all run long.
 	sampleCtx, stopSampling := context.WithCancel(ctx)
@@ -272,23 +402,39 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 	defer func() { stopSampling(); sampling.Wait() }()
 
 	// Traffic and faults.
-	w := workload.NewAPI(workload.APIConfig{Seed: seed, Clients: cfg.Clients, Rate: cfg.Rate, Entity: schema.Entity,
-		Keys: cfg.Keys, Fields: schema.FieldNames(), Origins: origins, Timeout: cfg.Timeout, CrossNode: cfg.CrossNode})
+	var ws []workload.Workload
+	if useAPI {
+		ws = append(ws, workload.NewAPI(workload.APIConfig{Seed: seed, Clients: cfg.Clients, Rate: cfg.Rate, Entity: schema.Entity,
+			Keys: cfg.Keys, Fields: schema.FieldNames(), Origins: origins, Timeout: cfg.Timeout, CrossNode: cfg.CrossNode}))
+	}
+	if usePG {
+		ws = append(ws, pgw)
+	}
 	t0 := time.Now()
 	r.Start = t0
 	trafficCtx, stopTraffic := context.WithDeadline(ctx, t0.Add(cfg.Duration))
 	defer stopTraffic()
 	var traffic sync.WaitGroup
-	traffic.Add(1)
-	go func() {
-		defer traffic.Done()
-		if err := w.Run(trafficCtx, workload.Env{Nodes: wnodes, Recorder: rec}); err != nil {
-			log.Error("workload", "err", err)
-		}
-	}()
+	for _, w := range ws {
+		traffic.Add(1)
+		go func() {
+			defer traffic.Done()
+			if err := w.Run(trafficCtx, workload.Env{Nodes: wnodes, Recorder: rec}); err != nil {
+				log.Error("workload", "workload", w.Name(), "err", err)
+			}
+		}()
+	}
 	env := fault.Env{Cluster: cl}
+	if usePG {
+		env.Databases, env.Owner = dbs, func(ctx context.Context, name string) (string, error) { return owner(ctx, cl, name) }
+	}
 	fault.Run(trafficCtx, env, steps, t0, &observer{rec: rec, log: log})
 	// Final heal: nothing may stay broken, whatever the schedule did.
+	if usePG {
+		if err := dbs.HealAll(context.Background()); err != nil {
+			r.Errors = append(r.Errors, "final heal of the databases: "+err.Error())
+		}
+	}
 	if err := cl.HealAll(context.Background()); err != nil {
 		r.Errors = append(r.Errors, "final heal: "+err.Error())
 	}
@@ -311,6 +457,26 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 		r.ConvergeSeconds = in.ConvergeTook.Seconds()
 		r.ConvergeAfterHeal = time.Since(healed).Seconds()
 	}
+	if usePG {
+		// The databases settle: every node returns the same records of
+		// the entity and both databases hold them; then the nodes agree
+		// again (the connectors may have written meanwhile).
+		in.PG = &check.PGInput{Schema: pgSchema, DBs: dbs.Names()}
+		took, err := settle(ctx, wnodes, dbs, pgKeys, cfg.ConvergeTimeout)
+		if err != nil {
+			in.PG.SettleErr = err.Error()
+		} else {
+			in.PG.SettleTook = time.Since(trafficEnd)
+			r.PGSettleSeconds = in.PG.SettleTook.Seconds()
+			log.Info("databases settled", "took", took)
+			if _, err := cl.WaitConverged(ctx, cfg.ConvergeTimeout); err != nil {
+				in.PG.SettleErr = "after the databases settled, the nodes did not converge: " + err.Error()
+			}
+		}
+		if in.PG.SettleErr != "" {
+			r.PGSettleError = in.PG.SettleErr
+		}
+	}
 	for _, nd := range cl.Nodes {
 		mctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		resp, err := nd.Cluster().Members(mctx, &pb.MembersRequest{})
@@ -330,10 +496,27 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 		keys = append(keys, fmt.Sprintf("k%d", k))
 	}
 	in.Final = check.ReadFinal(ctx, wnodes, &schema, keys)
+	if usePG {
+		in.PG.Final = check.ReadFinal(ctx, wnodes, &pgSchema, pgKeys)
+		in.PG.Rows = map[string]map[string]map[string]string{}
+		for _, d := range dbs.DBs {
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			rows, err := d.Rows(rctx)
+			cancel()
+			if err != nil {
+				in.PG.RowErrors = append(in.PG.RowErrors, err.Error())
+				continue
+			}
+			in.PG.Rows[d.Name] = map[string]map[string]string{}
+			for k, row := range rows {
+				in.PG.Rows[d.Name][pg.Key(k)] = row.Fields
+			}
+		}
+	}
 	stopSampling()
 	sampling.Wait()
 	in.Ops, in.Samples, in.Events = rec.Snapshot()
-	r.Checks = check.Run(in, check.All())
+	r.Checks = check.Run(in, check.ForRun(usePG))
 
 	// Report.
 	r.Ops = report.Summarize(in.Ops, cfg.Duration)
@@ -349,6 +532,12 @@ func RunOne(ctx context.Context, cfg Config, index int, seed uint64) (*report.Ru
 		if f, err := os.Create(filepath.Join(dir, "final.json")); err == nil {
 			_ = in.Final.WriteJSON(f)
 			f.Close()
+		}
+		if in.PG != nil && in.PG.Final != nil {
+			if f, err := os.Create(filepath.Join(dir, "final-"+pgSchema.Entity+".json")); err == nil {
+				_ = in.PG.Final.WriteJSON(f)
+				f.Close()
+			}
 		}
 	}
 	r.Took = time.Since(began).Seconds()
@@ -470,6 +659,9 @@ func Progress(w io.Writer) func(*report.Run) {
 		fmt.Fprintf(w, "run %d seed %d: %s: %d ops (%d ok, %d unknown, %d fail), %d faults, converged %.2fs after traffic stopped (%.1fs after the final heal), %.0fs\n",
 			r.Index, r.Seed, verdict, r.Ops.Total, r.Ops.ByType[history.OK], r.Ops.ByType[history.Unknown],
 			r.Ops.ByType[history.Fail], len(r.Injections), r.ConvergeSeconds, r.ConvergeAfterHeal, r.Took)
+		if r.PGSettleSeconds > 0 {
+			fmt.Fprintf(w, "  databases held the cluster's records %.2fs after traffic stopped\n", r.PGSettleSeconds)
+		}
 		for _, c := range r.Checks {
 			if !c.Valid {
 				fmt.Fprintf(w, "  %s: %d violations, e.g. %s\n", c.Name, c.Count, first(c.Violations))
@@ -502,4 +694,118 @@ func Describe() string {
 		fmt.Fprintf(&b, ", %s (%s)", g, strings.Join(groups[g], ","))
 	}
 	return b.String()
+}
+
+// owner returns the node the cluster placed connector on, from the status
+// of the first running node that answers.
+func owner(ctx context.Context, cl *nodes.Cluster, connector string) (string, error) {
+	var errs []error
+	for _, nd := range cl.Nodes {
+		if !nd.Running() || nd.Paused() {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := nd.Cluster().Status(sctx, &pb.StatusRequest{})
+		cancel()
+		if err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", nd.ID, err))
+			continue
+		}
+		for _, p := range st.GetConnectors() {
+			if p.GetName() == connector {
+				if p.GetNode() == "" {
+					return "", fmt.Errorf("connector %s is not placed (status of %s)", connector, nd.ID)
+				}
+				return p.GetNode(), nil
+			}
+		}
+		errs = append(errs, fmt.Errorf("%s: no connector %s in its status", nd.ID, connector))
+	}
+	return "", fmt.Errorf("no node named the owner of %s: %w", connector, errors.Join(errs...))
+}
+
+// settle waits until every node returns the same values for every record
+// of keys of the PostgreSQL workload's entity and every database's rows
+// hold them through the column mapping, and returns how long it took; on
+// timeout the error says the last difference.
+func settle(ctx context.Context, nds []workload.Node, dbs *pg.Set, keys []string, timeout time.Duration) (time.Duration, error) {
+	start := time.Now()
+	for {
+		why := pgDiff(ctx, nds, dbs, keys)
+		if why == "" {
+			return time.Since(start), nil
+		}
+		if time.Since(start) > timeout {
+			return 0, fmt.Errorf("the databases did not equal the cluster's records within %s: %s", timeout, why)
+		}
+		select {
+		case <-ctx.Done():
+			return 0, ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// pgDiff returns the first difference between the nodes' records of keys
+// and between them and the databases' rows ("" when there is none).
+func pgDiff(ctx context.Context, nds []workload.Node, dbs *pg.Set, keys []string) string {
+	var ref map[string]map[string]string // key -> field -> value ("" deleted: no entry)
+	for _, nd := range nds {
+		got := map[string]map[string]string{}
+		for _, k := range keys {
+			gctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+			rec, err := nd.Records.Get(gctx, &pb.GetRequest{Entity: pgSchema.Entity, Id: k})
+			cancel()
+			if err != nil {
+				return fmt.Sprintf("%s: get %s: %v", nd.ID, k, err)
+			}
+			if rec.GetDeleted() {
+				continue
+			}
+			got[k] = map[string]string{}
+			for _, f := range rec.GetFields() {
+				if len(f.GetLive()) > 0 {
+					got[k][f.GetName()] = f.GetValue().GetStringValue()
+				}
+			}
+		}
+		if ref == nil {
+			ref = got
+			continue
+		}
+		for _, k := range keys {
+			if !sameFields(ref[k], got[k]) {
+				return fmt.Sprintf("%s %s: %s has %v, %s has %v", pgSchema.Entity, k, nds[0].ID, ref[k], nd.ID, got[k])
+			}
+		}
+	}
+	for _, d := range dbs.DBs {
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		rows, err := d.Rows(rctx)
+		cancel()
+		if err != nil {
+			return err.Error()
+		}
+		if len(rows) != len(ref) {
+			return fmt.Sprintf("%s holds %d rows, the cluster %d records", d.Name, len(rows), len(ref))
+		}
+		for k, row := range rows {
+			if want := ref[pg.Key(k)]; !sameFields(want, row.Fields) {
+				return fmt.Sprintf("%s row %d holds %v, the cluster's record %v", d.Name, k, row.Fields, want)
+			}
+		}
+	}
+	return ""
+}
+
+func sameFields(a, b map[string]string) bool {
+	if (a == nil) != (b == nil) || len(a) != len(b) {
+		return false
+	}
+	for k, v := range a {
+		if bv, ok := b[k]; !ok || bv != v {
+			return false
+		}
+	}
+	return true
 }

@@ -1,6 +1,10 @@
 package jepsen
 
-import "time"
+import (
+	"time"
+
+	"github.com/lattice-sync/lattice/jepsen/fault"
+)
 
 // Scenario is a named regression scenario: a fixed seed and fault list
 // (and whatever else the run that found a bug used), replayed by
@@ -31,6 +35,34 @@ var Scenarios = []Scenario{
 		Test:  "TestTokenCoversOnlyWhatTheReadShowed",
 		Config: func(c *Config) {
 			c.Seed, c.Faults, c.Duration, c.Keys, c.CrossNode = 201, "partition-bridge,partition-oneway", 40*time.Second, 32, 0.5
+			c.Workloads = "api"
+		},
+	},
+	{
+		Name:  "pg-recapture/restart",
+		Bug:   "pg-recapture",
+		Found: "PostgreSQL workload with deletes, pg-restart of crm 2 s in: the crm connector resumed from its last checkpoint (0/194C388) and captured the changes after it a second time, as new edits (values twice in history, deletions counted twice); again after pg-down. Since the final checkpoint at stop, the restarts no longer do it (33 violations became 3: the kill of billing's owner)",
+		Test:  "connectors/postgres TestStopRecordsCapturePosition",
+		Config: func(c *Config) {
+			c.Seed, c.Faults, c.Workloads, c.Duration, c.Limits = 7, "postgres,kill", "api,postgres", 30*time.Second, fault.SmokeLimits()
+		},
+	},
+	{
+		Name:  "pg-recapture/cut-off-owner",
+		Bug:   "pg-recapture",
+		Found: "both workloads, every fault, after both fixes: billing's owner n2 cut off (one-way, 27-33 s) kept capturing; n1 took billing over and captured again what n2 had captured meanwhile (480 violations)",
+		Test:  "",
+		Config: func(c *Config) {
+			c.Seed, c.Faults, c.Workloads, c.Duration = 5000, "all", "api,postgres", 60*time.Second
+		},
+	},
+	{
+		Name:  "token-underclaim/mixed",
+		Bug:   "",
+		Found: "both workloads, every fault (the first run with the PostgreSQL workload): a read on n2 showed a version (n2:2505) its token did not cover, so a put passing the token was concurrent with it instead of superseding it",
+		Test:  "storage TestReadContextCoversWhatTheReadShows",
+		Config: func(c *Config) {
+			c.Seed, c.Faults, c.Workloads, c.Duration = 2000, "all", "api,postgres", 60*time.Second
 		},
 	},
 	{
@@ -40,6 +72,7 @@ var Scenarios = []Scenario{
 		Test:  "TestTokenCoversOnlyWhatTheReadShowed",
 		Config: func(c *Config) {
 			c.Seed, c.Faults, c.Duration = 300, "process,clock", 45*time.Second
+			c.Workloads = "api"
 		},
 	},
 }

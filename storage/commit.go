@@ -418,6 +418,11 @@ func (s *Store) write(st *batchState) {
 	for origin, seq := range st.truncated {
 		st.b.Set(truncatedKey(origin), uvarintBytes(seq), nil)
 	}
+	// Readers must not pair the records of this batch with the vector of
+	// the one before (or the reverse): visGen is odd from before Pebble
+	// shows the batch until its vector is published.
+	s.visGen.Add(1)
+	defer s.visGen.Add(1)
 	if err := s.db.ApplyNoSyncWait(st.b, pebble.Sync); err != nil {
 		// A failed write leaves the store in an unknown state: refuse every
 		// later edit rather than risk a gap in the op log.

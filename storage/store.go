@@ -106,6 +106,10 @@ type Store struct {
 	// the records a read sees (Pebble shows a batch once it is applied,
 	// before its fsync). Reads clip the context they hand out to it.
 	visible atomic.Pointer[crdt.VV]
+	// visGen is odd while a batch is being applied to Pebble and its vector
+	// published: a read that began and ended on one even value saw exactly
+	// the batches visible covers (see consistent in read.go).
+	visGen  atomic.Uint64
 	seqCeil uint64 // persisted: no local seq above it was ever issued
 
 	// failed holds the error that stopped the store (set by committer or syncer).

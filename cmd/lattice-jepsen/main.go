@@ -20,6 +20,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"time"
@@ -60,6 +61,11 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.StringVar(&cfg.Faults, "faults", cfg.Faults, "comma-separated faults and groups (see below)")
 	fs.StringVar(&cfg.OutDir, "out", cfg.OutDir, "output directory (one directory per run, summary.json, index.html)")
 	fs.IntVar(&cfg.Nodes, "nodes", cfg.Nodes, "cluster size")
+	fs.StringVar(&cfg.Workloads, "workload", cfg.Workloads, "comma-separated workloads: api (clients of the gRPC API), postgres (clients of two PostgreSQL databases synced through the cluster; enables the PostgreSQL faults)")
+	fs.IntVar(&cfg.PGClients, "pg-clients", cfg.PGClients, "PostgreSQL workload: concurrent clients")
+	fs.Float64Var(&cfg.PGRate, "pg-rate", cfg.PGRate, "PostgreSQL workload: updates per second, all clients together")
+	fs.IntVar(&cfg.PGRows, "pg-rows", cfg.PGRows, "PostgreSQL workload: rows (keys 1..n) the clients update")
+	downMax := fs.Duration("db-down-max", 0, "longest pg-down (a database stopped); 0: 40 s (smoke 6 s); the shortest is a third of it, at most 15 s")
 	fs.IntVar(&cfg.Keys, "keys", cfg.Keys, "record ids the workload writes")
 	fs.IntVar(&cfg.Clients, "clients", cfg.Clients, "concurrent clients")
 	fs.Float64Var(&cfg.Rate, "rate", cfg.Rate, "operations per second, all clients together")
@@ -67,7 +73,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs.Float64Var(&cfg.CrossNode, "cross-node", cfg.CrossNode, "share of read-context writes sent to another node than their read")
 	fs.BoolVar(&cfg.StrictContext, "strict-context", false, "count a cross-node read-context write that fails to supersede what it read as a violation (default: a documented hazard, reported as a note)")
 	fs.DurationVar(&cfg.ConvergeTimeout, "converge-timeout", cfg.ConvergeTimeout, "how long nodes may take to converge after traffic stops")
-	tolerate := fs.String("tolerate", "", "comma-separated known bugs whose violations are reported as notes (see jepsen/README.md): token-overclaim")
+	tolerate := fs.String("tolerate", "", "comma-separated known bugs whose violations are reported as notes (see jepsen/README.md): "+knownBugs())
 	fs.BoolVar(&cfg.KeepData, "keep-data", false, "keep node data directories of passing runs")
 	smoke := fs.Bool("smoke", false, "short fault bounds (pauses of 1-4 s), as in make test")
 	verbose := fs.Bool("v", false, "log every fault and node event")
@@ -87,7 +93,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *tolerate != "" {
 		for _, b := range strings.Split(*tolerate, ",") {
 			if _, ok := check.KnownBugs[b]; !ok {
-				return fmt.Errorf("--tolerate %q: not a known bug (known: token-overclaim)", b)
+				return fmt.Errorf("--tolerate %q: not a known bug (known: %s)", b, knownBugs())
 			}
 			cfg.Tolerate = append(cfg.Tolerate, b)
 		}
@@ -95,13 +101,17 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if *smoke {
 		cfg.Limits = jepsen.SmokeConfig().Limits
 	}
+	if *downMax > 0 {
+		cfg.Limits.DownMax = *downMax
+		cfg.Limits.DownMin = min(*downMax/3, 15*time.Second)
+	}
 	level := slog.LevelWarn
 	if *verbose {
 		level = slog.LevelInfo
 	}
 	cfg.Logger = slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: level}))
-	fmt.Fprintf(stdout, "lattice-jepsen: %d runs of %s, faults %s, seeds %d..%d, output %s\n",
-		cfg.Runs, cfg.Duration, cfg.Faults, cfg.Seed, cfg.Seed+uint64(cfg.Runs)-1, cfg.OutDir)
+	fmt.Fprintf(stdout, "lattice-jepsen: %d runs of %s, workloads %s, faults %s, seeds %d..%d, output %s\n",
+		cfg.Runs, cfg.Duration, cfg.Workloads, cfg.Faults, cfg.Seed, cfg.Seed+uint64(cfg.Runs)-1, cfg.OutDir)
 	suite, err := jepsen.Run(ctx, cfg, jepsen.Progress(stdout))
 	if suite != nil {
 		fmt.Fprintf(stdout, "\n%d runs, %d fault injections, %d operations, %d violations\n",
@@ -122,4 +132,16 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return errViolations
 	}
 	return nil
+}
+
+func knownBugs() string {
+	var out []string
+	for b := range check.KnownBugs {
+		out = append(out, b)
+	}
+	sort.Strings(out)
+	if len(out) == 0 {
+		return "none"
+	}
+	return strings.Join(out, ", ")
 }

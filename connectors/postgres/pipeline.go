@@ -56,10 +56,18 @@ func (c *Connector) newPipeline(ctx context.Context, from position) *pipeline {
 	return p
 }
 
-// close waits for the groups in flight and stops the completer.
+// close waits for the groups in flight and stops the completer. The groups
+// that complete meanwhile move durable on (until one fails), so the final
+// checkpoint (Connector.Run) covers them: a restart would otherwise capture
+// them again, as new edits.
 func (p *pipeline) close() {
 	close(p.inflight)
-	for range p.completed {
+	failed := false
+	for d := range p.completed {
+		if failed = failed || d.err != nil; !failed {
+			p.durable = d.pos
+			p.c.prog.setCapture(p.durable)
+		}
 	}
 }
 

@@ -78,18 +78,28 @@ func (s *Schema) Field(name string) Field {
 
 // YAML renders the entity configuration. Retention is 0: history is kept
 // forever, so "every acknowledged edit is in history" holds for the whole run.
-func (s *Schema) YAML() string {
+func (s *Schema) YAML() string { return YAML(*s) }
+
+// YAML renders the configuration of several entities (see Schema.YAML).
+func YAML(schemas ...Schema) string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "entities:\n  %s:\n    retention: 0s\n    fields:\n", s.Entity)
+	b.WriteString("entities:\n")
+	for i := range schemas {
+		schemas[i].entityYAML(&b)
+	}
+	return b.String()
+}
+
+func (s *Schema) entityYAML(b *strings.Builder) {
+	fmt.Fprintf(b, "  %s:\n    retention: 0s\n    fields:\n", s.Entity)
 	for _, f := range s.Fields {
 		switch f.Policy {
 		case "priority":
-			fmt.Fprintf(&b, "      %s: {type: string, policy: {priority: [%s]}}\n", f.Name, quoteAll(f.Priority))
+			fmt.Fprintf(b, "      %s: {type: string, policy: {priority: [%s]}}\n", f.Name, quoteAll(f.Priority))
 		default:
-			fmt.Fprintf(&b, "      %s: {type: string, policy: %s}\n", f.Name, f.Policy)
+			fmt.Fprintf(b, "      %s: {type: string, policy: %s}\n", f.Name, f.Policy)
 		}
 	}
-	return b.String()
 }
 
 func quoteAll(xs []string) string {
@@ -124,12 +134,16 @@ type Input struct {
 	StrictContext bool
 	// Tolerate names known bugs (KnownBugs) whose violations become notes.
 	Tolerate []string
+	// PG is the PostgreSQL side (nil in runs without databases).
+	PG *PGInput
 }
 
 // KnownBugs are bugs the harness found in lattice that are not fixed yet,
 // by name, with what they look like (see jepsen/README.md). A checker
 // reports a violation of one as a violation, unless Input.Tolerate names it.
-var KnownBugs = map[string]string{}
+var KnownBugs = map[string]string{
+	"pg-recapture": "a PostgreSQL connector that takes over before the previous owner's captures reached it (the owner cut off by a partition, or killed with captures not yet replicated) captures those changes again, as new edits with new dots and timestamps: a value twice in a field's history (\"captured again\"), a deletion counted twice, and a re-captured old value that can beat a newer edit of the other database (restarts and resumes behind the record's source position are fixed)",
+}
 
 func (in *Input) tolerates(bug string) bool {
 	for _, b := range in.Tolerate {
@@ -181,6 +195,15 @@ type Checker interface {
 // All returns every checker, in report order.
 func All() []Checker {
 	return []Checker{Convergence{}, Acknowledged{}, Causality{}, Resolution{}, HLC{}}
+}
+
+// ForRun returns every checker a run needs: All, and Postgres when the
+// run has databases.
+func ForRun(databases bool) []Checker {
+	if databases {
+		return append(All(), Postgres{})
+	}
+	return All()
 }
 
 // Run runs checkers against in.

@@ -28,11 +28,16 @@ type hv struct {
 // state builds the Final of one key on every node from register versions,
 // judging fates and records with the model (the server would agree).
 func state(nodes []string, key string, regs map[string][]hv) *Final {
+	return stateOf(testSchema, nodes, key, regs)
+}
+
+// stateOf is state for the entity of schema s.
+func stateOf(s Schema, nodes []string, key string, regs map[string][]hv) *Final {
 	f := &Final{Keys: []string{key}, Records: map[string]map[string]*pb.Record{}, History: map[string]map[string]map[string]*pb.HistoryResponse{}}
 	for _, n := range nodes {
-		rec := &pb.Record{Entity: testSchema.Entity, Id: key}
+		rec := &pb.Record{Entity: s.Entity, Id: key}
 		f.History[n] = map[string]map[string]*pb.HistoryResponse{key: {}}
-		for _, name := range append(testSchema.FieldNames(), DeletedField) {
+		for _, name := range append(s.FieldNames(), DeletedField) {
 			var vs []version
 			for _, x := range regs[name] {
 				o := x.origin
@@ -41,9 +46,9 @@ func state(nodes []string, key string, regs map[string][]hv) *Final {
 				}
 				vs = append(vs, version{Value: x.val, HLC: x.hlc, Origin: o, Dot: x.d, Ctx: x.ctx})
 			}
-			fl := testSchema.Field(name)
+			fl := s.Field(name)
 			fs := fates(fl, vs)
-			h := &pb.HistoryResponse{Entity: testSchema.Entity, Id: key, Field: name}
+			h := &pb.HistoryResponse{Entity: s.Entity, Id: key, Field: name}
 			for i := len(vs) - 1; i >= 0; i-- { // newest first (tests list oldest first)
 				v := vs[i]
 				e := &pb.HistoryEntry{Version: pbVersion(v), Fate: fs[i].Fate}

@@ -8,9 +8,10 @@
 // schedule's random source, never while it runs, so two runs with one seed
 // differ only in timing.
 //
-// Faults act through Env, the narrow view of the cluster they need. Part two
-// (PostgreSQL) adds the databases to Env and Topology; a fault that needs
-// something the run does not have says so in Available and is left out.
+// Faults act through Env, the narrow view of the cluster (and of the
+// PostgreSQL databases, when the run has some: Env.Databases,
+// Topology.Databases) they need; a fault that needs something the run does
+// not have says so in Available and is left out.
 package fault
 
 import (
@@ -40,9 +41,29 @@ type Cluster interface {
 	SetClockOffset(node string, offset time.Duration) error
 }
 
+// Databases is what PostgreSQL faults do to the run's databases. The
+// harness's database runner (jepsen/pg) implements it.
+type Databases interface {
+	// Terminate ends lattice's sessions to the database
+	// (pg_terminate_backend) and returns how many it ended.
+	Terminate(ctx context.Context, db string) (int, error)
+	// Stop stops the database (pg_ctl stop -m fast); StartDB starts it
+	// again on the same data.
+	Stop(ctx context.Context, db string) error
+	StartDB(ctx context.Context, db string) error
+	// Cut drops every packet between the cluster and the database (the
+	// cluster's Heal undoes it).
+	Cut(db string) error
+}
+
 // Env is what injections act on.
 type Env struct {
 	Cluster Cluster
+	// Databases are the run's PostgreSQL databases (nil without them).
+	Databases Databases
+	// Owner returns the node the cluster placed the connector on (its
+	// connector status); nil without databases.
+	Owner func(ctx context.Context, connector string) (string, error)
 }
 
 // Topology is what a schedule is planned against.
@@ -52,6 +73,9 @@ type Topology struct {
 	// MaxOffset is the nodes' --max-offset (clock faults pick offsets on
 	// both sides of it).
 	MaxOffset time.Duration
+	// Databases are the PostgreSQL databases (and their connectors' names);
+	// PostgreSQL faults are available only with some.
+	Databases []string
 }
 
 // Limits bound what injections do.
@@ -64,18 +88,22 @@ type Limits struct {
 	GapMin, GapMax time.Duration
 	// MaxSkew bounds clock offsets (default 5 s).
 	MaxSkew time.Duration
+	// Down bounds how long pg-down keeps a database stopped.
+	DownMin, DownMax time.Duration
 }
 
 // DefaultLimits are the full suite's bounds.
 func DefaultLimits() Limits {
 	return Limits{HoldMin: 2 * time.Second, HoldMax: 10 * time.Second, PauseMin: time.Second, PauseMax: 30 * time.Second,
-		GapMin: time.Second, GapMax: 4 * time.Second, MaxSkew: 5 * time.Second}
+		GapMin: time.Second, GapMax: 4 * time.Second, MaxSkew: 5 * time.Second,
+		DownMin: 15 * time.Second, DownMax: 40 * time.Second}
 }
 
 // SmokeLimits are shorter bounds for the smoke run of make test.
 func SmokeLimits() Limits {
 	return Limits{HoldMin: time.Second, HoldMax: 4 * time.Second, PauseMin: time.Second, PauseMax: 4 * time.Second,
-		GapMin: 500 * time.Millisecond, GapMax: 2 * time.Second, MaxSkew: 5 * time.Second}
+		GapMin: 500 * time.Millisecond, GapMax: 2 * time.Second, MaxSkew: 5 * time.Second,
+		DownMin: 3 * time.Second, DownMax: 6 * time.Second}
 }
 
 // Fault is one kind of fault.
@@ -105,8 +133,8 @@ type Injection interface {
 	Stop(ctx context.Context, env Env) error
 }
 
-// registry maps names to constructors. Populated by init in this package;
-// part two registers its PostgreSQL faults the same way.
+// registry maps names to constructors. Populated by init in this package
+// (faults.go, pgfaults.go).
 var registry = map[string]func() Fault{}
 
 // groups are names that stand for several faults.

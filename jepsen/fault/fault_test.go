@@ -9,7 +9,7 @@ import (
 	"time"
 )
 
-var topo = Topology{Nodes: []string{"n1", "n2", "n3"}, MaxOffset: 500 * time.Millisecond}
+var topo = Topology{Nodes: []string{"n1", "n2", "n3"}, MaxOffset: 500 * time.Millisecond, Databases: []string{"crm", "billing"}}
 
 func describe(steps []Step) string {
 	var b strings.Builder
@@ -73,8 +73,21 @@ func TestParse(t *testing.T) {
 			t.Errorf("Parse(%q) = %s, want %s", tt.list, g, tt.want)
 		}
 	}
+	// PostgreSQL faults need databases.
+	fs, _ := Parse("all", Topology{Nodes: topo.Nodes, MaxOffset: topo.MaxOffset})
+	for _, f := range fs {
+		if strings.HasPrefix(f.Name(), "pg-") || f.Name() == "kill-owner" {
+			t.Errorf("without databases, all includes %s", f.Name())
+		}
+	}
+	if len(fs) != len(Names())-len(Groups()["postgres"]) {
+		t.Errorf("without databases, all is %d faults, want %d", len(fs), len(Names())-len(Groups()["postgres"]))
+	}
+	if fs, _ := Parse("postgres", topo); len(fs) != 5 {
+		t.Errorf("postgres group with databases: %d faults, want 5", len(fs))
+	}
 	// Partitions need two nodes.
-	fs, _ := Parse("partition,kill", Topology{Nodes: []string{"n1"}})
+	fs, _ = Parse("partition,kill", Topology{Nodes: []string{"n1"}})
 	if len(fs) != 1 || fs[0].Name() != "kill" {
 		t.Errorf("one node: %v", fs)
 	}
@@ -109,6 +122,17 @@ func (f *fakeCluster) SetClockOffset(n string, d time.Duration) error {
 	return nil
 }
 
+// fakeDBs records what PostgreSQL faults do, in the fake cluster's log.
+type fakeDBs struct{ c *fakeCluster }
+
+func (f fakeDBs) Terminate(_ context.Context, db string) (int, error) {
+	f.c.log("terminate %s", db)
+	return 2, nil
+}
+func (f fakeDBs) Stop(_ context.Context, db string) error    { f.c.log("stop %s", db); return nil }
+func (f fakeDBs) StartDB(_ context.Context, db string) error { f.c.log("start %s", db); return nil }
+func (f fakeDBs) Cut(db string) error                        { f.c.log("cut %s", db); return nil }
+
 // Every fault leaves the cluster healthy after Stop.
 func TestInjectionsUndo(t *testing.T) {
 	for _, name := range Names() {
@@ -121,7 +145,10 @@ func TestInjectionsUndo(t *testing.T) {
 			lim.HoldMin, lim.HoldMax = 300*time.Millisecond, 300*time.Millisecond
 			steps := Plan(7, fs, topo, lim, 0, 300*time.Millisecond)
 			fc := &fakeCluster{}
-			env := Env{Cluster: fc}
+			env := Env{Cluster: fc, Databases: fakeDBs{fc},
+				Owner: func(_ context.Context, c string) (string, error) {
+					return map[string]string{"crm": "n2", "billing": "n3"}[c], nil
+				}}
 			for _, s := range steps {
 				if err := s.Start(context.Background(), env); err != nil {
 					t.Fatal(err)
@@ -138,6 +165,23 @@ func TestInjectionsUndo(t *testing.T) {
 			case strings.HasPrefix(name, "partition"):
 				if !strings.HasSuffix(calls, "heal") {
 					t.Errorf("%s does not end with heal: %s", name, calls)
+				}
+			case name == "pg-partition":
+				if !strings.HasPrefix(calls, "cut ") || !strings.HasSuffix(calls, "heal") {
+					t.Errorf("%s does not cut then heal: %s", name, calls)
+				}
+			case name == "pg-restart" || name == "pg-down":
+				if !strings.HasPrefix(calls, "stop ") || strings.Count(calls, "stop") != strings.Count(calls, "start") {
+					t.Errorf("%s does not stop then start: %s", name, calls)
+				}
+			case name == "pg-kill-conn":
+				if !strings.HasPrefix(calls, "terminate ") {
+					t.Errorf("%s terminated nothing: %s", name, calls)
+				}
+			case name == "kill-owner":
+				// The owner of the connector, looked up when it starts.
+				if calls != "kill n2; restart n2" && calls != "kill n3; restart n3" {
+					t.Errorf("%s: %s, want the owner killed and restarted", name, calls)
 				}
 			case name == "kill":
 				if strings.Count(calls, "kill") != strings.Count(calls, "restart") {

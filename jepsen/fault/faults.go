@@ -241,49 +241,69 @@ func (f clockFault) Plan(rng *rand.Rand, topo Topology, lim Limits) Injection {
 // set, else stopping at the last), until stop. The goroutine is owned by the
 // injection: stop ends it and waits for it before resetting the clock.
 func ticking(node string, period time.Duration, loop bool, offsets ...time.Duration) (func(context.Context, Env) error, func(context.Context, Env) error) {
-	var (
-		done chan struct{}
-		wg   sync.WaitGroup
-		mu   sync.Mutex
-		err  error
-	)
+	var rep repeater
 	start := func(_ context.Context, env Env) error {
 		if e := env.Cluster.SetClockOffset(node, offsets[0]); e != nil {
 			return e
 		}
-		done = make(chan struct{})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			t := time.NewTicker(period)
-			defer t.Stop()
-			for i := 1; ; i++ {
-				select {
-				case <-done:
-					return
-				case <-t.C:
-				}
-				if !loop && i >= len(offsets) {
-					return
-				}
-				if e := env.Cluster.SetClockOffset(node, offsets[i%len(offsets)]); e != nil {
-					mu.Lock()
-					err = errors.Join(err, e)
-					mu.Unlock()
-				}
+		rep.start(period, func(i int) (bool, error) {
+			if !loop && i >= len(offsets) {
+				return false, nil
 			}
-		}()
+			return true, env.Cluster.SetClockOffset(node, offsets[i%len(offsets)])
+		})
 		return nil
 	}
 	stop := func(_ context.Context, env Env) error {
-		if done != nil {
-			close(done)
-			wg.Wait()
-			done = nil
-		}
-		mu.Lock()
-		defer mu.Unlock()
-		return errors.Join(err, env.Cluster.SetClockOffset(node, 0))
+		return errors.Join(rep.stop(), env.Cluster.SetClockOffset(node, 0))
 	}
 	return start, stop
+}
+
+// repeater runs an action every period in a goroutine an injection owns.
+type repeater struct {
+	done chan struct{}
+	wg   sync.WaitGroup
+	mu   sync.Mutex
+	err  error
+}
+
+// start calls act(1), act(2), ... every period until stop or until act
+// says no more; errors are kept for stop.
+func (r *repeater) start(period time.Duration, act func(i int) (more bool, err error)) {
+	r.done = make(chan struct{})
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		t := time.NewTicker(period)
+		defer t.Stop()
+		for i := 1; ; i++ {
+			select {
+			case <-r.done:
+				return
+			case <-t.C:
+			}
+			more, e := act(i)
+			if e != nil {
+				r.mu.Lock()
+				r.err = errors.Join(r.err, e)
+				r.mu.Unlock()
+			}
+			if !more {
+				return
+			}
+		}
+	}()
+}
+
+// stop ends the goroutine, waits for it and returns the errors it met.
+func (r *repeater) stop() error {
+	if r.done != nil {
+		close(r.done)
+		r.wg.Wait()
+		r.done = nil
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.err
 }

@@ -64,7 +64,7 @@ type Op struct {
 	F string `json:"f"`
 	// Time is the wall time of the line in Unix nanoseconds.
 	Time int64 `json:"time"`
-	// Node is the lattice node the request was sent to.
+	// Node is the lattice node the request was sent to (API workload).
 	Node   string `json:"node,omitempty"`
 	Entity string `json:"entity,omitempty"`
 	Key    string `json:"key,omitempty"`
@@ -89,6 +89,12 @@ type Op struct {
 	// Live are the live versions a get showed, per field: what the reader
 	// saw (each with the context of what its own writer had seen).
 	Live map[string][]Live `json:"live,omitempty"`
+	// DB is the database a PostgreSQL workload operation ran in.
+	DB string `json:"db,omitempty"`
+	// Before are the values a PostgreSQL update's transaction read (SELECT
+	// ... FOR UPDATE) in the fields it then wrote, before writing (ok
+	// updates; a NULL column is absent): what the writer had seen.
+	Before map[string]string `json:"before,omitempty"`
 	// Applied marks an unknown write the server said it applied locally
 	// (the write concern was not met in time).
 	Applied bool   `json:"applied,omitempty"`

@@ -180,6 +180,7 @@ code,pre{background:#f5f5f5;padding:2px 4px}pre{white-space:pre-wrap;font-size:1
 <h1>lattice jepsen — run {{.R.Index}}, seed {{.R.Seed}}: {{if .R.Valid}}<span class="pass">PASS</span>{{else}}<span class="fail">FAIL ({{.R.Violations}} violations)</span>{{end}}</h1>
 <p>Workload <b>{{.R.Workload}}</b> on {{.R.Nodes}} nodes for {{f1 .R.Duration}} s; faults: {{join .R.Faults}}.
 Converged {{f2 .R.ConvergeSeconds}} s after traffic stopped ({{f2 .R.ConvergeAfterHeal}} s after the final heal){{if .R.ConvergeError}} — <span class="fail">{{.R.ConvergeError}}</span>{{end}}.
+{{if .R.PGSettleSeconds}}Both databases held the cluster's records {{f2 .R.PGSettleSeconds}} s after traffic stopped.{{end}}{{if .R.PGSettleError}} <span class="fail">Databases: {{.R.PGSettleError}}</span>{{end}}
 Run took {{f1 .R.Took}} s.</p>
 <p>Reproduce: <code>{{.R.Reproduce}}</code></p>
 {{if .R.Errors}}<h2>Harness errors</h2><ul>{{range .R.Errors}}<li class="fail">{{.}}</li>{{end}}</ul>{{end}}

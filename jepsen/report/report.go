@@ -87,6 +87,11 @@ type Run struct {
 	// ConvergeAfterHeal is how long after the final heal the nodes agreed
 	// (traffic ran on for the tail in between).
 	ConvergeAfterHeal float64 `json:"converge_after_heal_s"`
+	// PGSettleSeconds is how long after traffic stopped both databases
+	// held the cluster's records (PostgreSQL workload); PGSettleError is
+	// set when they did not in time.
+	PGSettleSeconds float64 `json:"pg_settle_s,omitempty"`
+	PGSettleError   string  `json:"pg_settle_error,omitempty"`
 	// ClockRefusals counts, per receiving node, edits refused because their
 	// timestamp was beyond max-offset ahead.
 	ClockRefusals map[string]uint64 `json:"clock_refusals"`

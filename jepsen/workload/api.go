@@ -8,7 +8,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -96,30 +95,11 @@ func (w *API) Run(ctx context.Context, env Env) error {
 	if maxAcks <= 0 || maxAcks > len(env.Nodes) {
 		maxAcks = len(env.Nodes)
 	}
-	interval := time.Duration(float64(w.cfg.Clients) / w.cfg.Rate * float64(time.Second))
-	var wg sync.WaitGroup
-	for p := 0; p < w.cfg.Clients; p++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := &client{w: w, env: env, proc: p, maxAcks: maxAcks,
-				rng: rand.New(rand.NewPCG(w.cfg.Seed, uint64(p)+1))}
-			next := time.Now().Add(time.Duration(p) * interval / time.Duration(w.cfg.Clients))
-			for {
-				select {
-				case <-ctx.Done():
-					return
-				case <-time.After(time.Until(next)):
-				}
-				next = next.Add(interval)
-				if now := time.Now(); next.Before(now) {
-					next = now // fell behind (a slow request): do not burst
-				}
-				c.step(ctx)
-			}
-		}()
-	}
-	wg.Wait()
+	pace(ctx, w.cfg.Clients, w.cfg.Rate, func(p int) (func(), func()) {
+		c := &client{w: w, env: env, proc: p, maxAcks: maxAcks,
+			rng: rand.New(rand.NewPCG(w.cfg.Seed, uint64(p)+1))}
+		return func() { c.step(ctx) }, nil
+	})
 	return nil
 }
 

@@ -3,14 +3,16 @@
 // knows how to talk to the system and how to classify what it was told;
 // checkers judge the history afterwards.
 //
-// Workload (a), API, is here: clients putting and deleting random fields of
-// a small key space through random nodes' gRPC API. Part two adds the
-// PostgreSQL workload (edits made in connected databases) behind the same
-// interface.
+// Workload (a), API: clients putting and deleting random fields of a small
+// key space through random nodes' gRPC API. Workload (b), Postgres: clients
+// updating, deleting and inserting rows of two databases the cluster keeps
+// in sync (postgres.go).
 package workload
 
 import (
 	"context"
+	"sync"
+	"time"
 
 	pb "github.com/lattice-sync/lattice/api/lattice/v1"
 	"github.com/lattice-sync/lattice/jepsen/history"
@@ -36,4 +38,37 @@ type Workload interface {
 	// its completion) in env.Recorder, and returns once every client
 	// stopped. An operation cut short by ctx is recorded as unknown.
 	Run(ctx context.Context, env Env) error
+}
+
+// pace runs clients closed-loop clients until ctx ends: client p, made by
+// newClient(p), takes a step every clients/rate seconds (starting at its
+// share of the first interval), never bursting after a slow step. It
+// returns once every client stopped.
+func pace(ctx context.Context, clients int, rate float64, newClient func(p int) (step func(), done func())) {
+	interval := time.Duration(float64(clients) / rate * float64(time.Second))
+	var wg sync.WaitGroup
+	for p := 0; p < clients; p++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			step, done := newClient(p)
+			if done != nil {
+				defer done()
+			}
+			next := time.Now().Add(time.Duration(p) * interval / time.Duration(clients))
+			for {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(time.Until(next)):
+				}
+				next = next.Add(interval)
+				if now := time.Now(); next.Before(now) {
+					next = now // fell behind (a slow request): do not burst
+				}
+				step()
+			}
+		}()
+	}
+	wg.Wait()
 }
