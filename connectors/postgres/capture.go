@@ -751,10 +751,15 @@ func (c *Connector) stream(ctx context.Context, rconn *pgconn.PgConn, from posit
 				c.remember(ch)
 				continue
 			}
-			ch.at, ch.src = tx.at, sourcePos(tx.commit, tx.changes)
+			// Dated by its commit, however late it is captured (a backlog,
+			// a resume): last-writer-wins compares when the writes were
+			// made, and a change captured a second time by another owner
+			// (connectors/DESIGN.md, Delivery) is no later than the edits
+			// made after it.
+			ch.at, ch.historical, ch.src = tx.at, true, sourcePos(tx.commit, tx.changes)
 			if moved != nil {
 				// A new key is a new record: the old one is deleted.
-				moved.at, moved.src = tx.at, ch.src
+				moved.at, moved.historical, moved.src = tx.at, true, ch.src
 				pl.add(*moved)
 				c.remember(*moved)
 			}

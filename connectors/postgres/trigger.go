@@ -779,9 +779,9 @@ func (c *Connector) triggerRow(ctx context.Context, pl *pipeline, r *changeRow) 
 	}
 	// A row's change-table ids follow its commit order (its next change
 	// waits for the row lock): the id is the change's source position.
-	ch.at, ch.src = r.at, triggerSourcePos(r.id)
+	ch.at, ch.historical, ch.src = r.at, true, triggerSourcePos(r.id) // dated as in logical mode
 	if moved != nil {
-		moved.at, moved.src = r.at, ch.src
+		moved.at, moved.historical, moved.src = r.at, true, ch.src
 		pl.add(*moved)
 		c.remember(*moved)
 	}
