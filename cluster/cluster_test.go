@@ -3,6 +3,7 @@ package cluster_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -324,4 +325,72 @@ func load(t testing.TB, nd *clustertest.Node, n int) {
 	for err := range errs {
 		t.Fatal(err)
 	}
+}
+
+// TestCutOffOwnerStopsConnectors: a connector's owner cut off from the
+// cluster stops running it within its lease (it cannot know whether the
+// leader moved it; two owners capturing one source make each change twice),
+// and runs connectors again once a leader reaches it.
+func TestCutOffOwnerStopsConnectors(t *testing.T) {
+	if !clustertest.InNetNS() {
+		t.Skip("partitions need root, unshare and iptables (a private network namespace)")
+	}
+	cfg := `entities:
+  contact:
+    fields:
+      name: string
+connectors:
+  crm:
+    kind: noop
+`
+	c := clustertest.Start(t, bin, 3, clustertest.Options{Config: cfg})
+	running := func(nd *clustertest.Node) (bool, string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		st, err := nd.Cluster().ConnectorStatus(ctx, &pb.ConnectorStatusRequest{LocalOnly: true})
+		if err != nil {
+			return false, err.Error()
+		}
+		return len(st.GetConnectors()) == 1, fmt.Sprint(st.GetConnectors())
+	}
+	var owner *clustertest.Node
+	waitFor(t, "the connector runs on one node", 10*time.Second, func() (bool, string) {
+		owner = nil
+		n := 0
+		for _, nd := range c.Nodes {
+			if ok, _ := running(nd); ok {
+				owner, n = nd, n+1
+			}
+		}
+		return n == 1, fmt.Sprintf("%d nodes run it", n)
+	})
+	var others []*clustertest.Node
+	for _, nd := range c.Nodes {
+		if nd != owner {
+			others = append(others, nd)
+		}
+	}
+	c.Partition([]*clustertest.Node{owner}, others)
+	waitFor(t, "the cut-off owner stops its connector", 10*time.Second, func() (bool, string) {
+		ok, s := running(owner)
+		return !ok, s
+	})
+	if !strings.Contains(owner.Logs(), "no contact with a raft leader") {
+		t.Errorf("the cut-off owner %s did not say why it stopped its connectors", owner.ID)
+	}
+	waitFor(t, "the majority runs the connector", 15*time.Second, func() (bool, string) {
+		a, _ := running(others[0])
+		b, _ := running(others[1])
+		return a != b, fmt.Sprint(a, b)
+	})
+	c.Heal()
+	waitFor(t, "after the heal the connector runs on exactly one node", 15*time.Second, func() (bool, string) {
+		n := 0
+		for _, nd := range c.Nodes {
+			if ok, _ := running(nd); ok {
+				n++
+			}
+		}
+		return n == 1, fmt.Sprintf("%d nodes run it", n)
+	})
 }

@@ -9,6 +9,7 @@ import (
 	"os"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/memberlist"
@@ -38,6 +39,8 @@ type Node struct {
 	raft      *raft.Raft
 	fsm       *fsm
 	raftClose func() error
+	// leaseLost: Owned last found no recent contact with a leader.
+	leaseLost atomic.Bool
 
 	stop chan struct{}
 	wg   sync.WaitGroup

@@ -123,11 +123,33 @@ func (n *Node) Leader() string {
 	return string(id)
 }
 
+// ownerLease is how long a follower keeps running its connectors without
+// hearing from a leader: several heartbeats, and at least a second, so a
+// busy machine's late heartbeat does not restart them.
+func (n *Node) ownerLease() time.Duration { return max(time.Second, 5*n.cfg.RaftHeartbeat) }
+
 // Owned returns the connectors the leader placed on this node, with their
 // epochs (connectors.Placement).
+//
+// A follower that has not heard from a leader for ownerLease (cut off by a
+// partition, paused, or the cluster electing) owns nothing until it hears
+// from one again: the leader may have moved its connectors to a node in
+// the majority, and two owners capturing one source make the same change
+// twice (jepsen/README.md, pg-recapture). A leader holds its lease (Raft
+// steps it down when it loses its quorum).
 func (n *Node) Owned() map[string]uint64 {
-	st := n.fsm.read()
 	out := map[string]uint64{}
+	if lease := n.ownerLease(); n.raft.State() != raft.Leader && time.Since(n.raft.LastContact()) > lease {
+		if !n.leaseLost.Swap(true) {
+			n.log.Warn("no contact with a raft leader: stopping this node's connectors until it is back (the leader moves them to a node it reaches)",
+				"last_contact", n.raft.LastContact(), "lease", lease)
+		}
+		return out
+	}
+	if n.leaseLost.Swap(false) {
+		n.log.Info("raft leader in contact again: this node runs the connectors placed on it")
+	}
+	st := n.fsm.read()
 	for name, p := range st.Placement {
 		if p.Node == n.cfg.NodeID && !st.Paused[name] {
 			out[name] = p.Epoch
