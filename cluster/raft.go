@@ -140,6 +140,9 @@ func (n *Node) ownerLease() time.Duration { return max(time.Second, 5*n.cfg.Raft
 func (n *Node) Owned() map[string]uint64 {
 	out := map[string]uint64{}
 	if lease := n.ownerLease(); n.raft.State() != raft.Leader && time.Since(n.raft.LastContact()) > lease {
+		if n.raft.LastContact().IsZero() {
+			return out // starting: no leader heard from yet
+		}
 		if !n.leaseLost.Swap(true) {
 			n.log.Warn("no contact with a raft leader: stopping this node's connectors until it is back (the leader moves them to a node it reaches)",
 				"last_contact", n.raft.LastContact(), "lease", lease)
