@@ -460,6 +460,24 @@ func castText(cols []string) string {
 	return strings.Join(parts, ", ")
 }
 
+// scanText reads one row of castText columns as column -> text (nil for
+// null).
+func scanText(row pgx.Row, cols []string) (map[string]*string, error) {
+	vals := make([]*string, len(cols))
+	ptrs := make([]any, len(cols))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	if err := row.Scan(ptrs...); err != nil {
+		return nil, err
+	}
+	text := make(map[string]*string, len(cols))
+	for i, col := range cols {
+		text[col] = vals[i]
+	}
+	return text, nil
+}
+
 // toChange maps a row (column -> text, nil for null; absent for unchanged
 // TOAST values) to a change of its record.
 func (c *Connector) toChange(t *Table, text map[string]*string, deleted bool) (change, error) {

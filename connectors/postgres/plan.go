@@ -56,18 +56,10 @@ func (c *Connector) Scan(ctx context.Context, progress func(table string, done, 
 			progress(t.Name, 0, int64(max(estimate, 0)))
 		}
 		for rows.Next() {
-			vals := make([]*string, len(cols))
-			ptrs := make([]any, len(cols))
-			for i := range vals {
-				ptrs[i] = &vals[i]
-			}
-			if err := rows.Scan(ptrs...); err != nil {
+			text, err := scanText(rows, cols)
+			if err != nil {
 				rows.Close()
 				return err
-			}
-			text := map[string]*string{}
-			for i, col := range cols {
-				text[col] = vals[i]
 			}
 			ch, err := c.toChange(t, text, false)
 			if err != nil {

@@ -750,20 +750,12 @@ func (c *Connector) recapture(ctx context.Context, entity, id string) error {
 		args[i] = keys[i]
 	}
 	q := fmt.Sprintf("SELECT %s FROM %s WHERE %s", castText(cols), pgx.Identifier(strings.Split(t.Name, ".")).Sanitize(), strings.Join(where, " AND "))
-	vals := make([]*string, len(cols))
-	ptrs := make([]any, len(cols))
-	for i := range vals {
-		ptrs[i] = &vals[i]
-	}
-	if err := conn.QueryRow(ctx, q, args...).Scan(ptrs...); err != nil {
+	text, err := scanText(conn.QueryRow(ctx, q, args...), cols)
+	if err != nil {
 		if errors.Is(err, pgx.ErrNoRows) {
 			return nil // the row is gone: nothing to capture
 		}
 		return err
-	}
-	text := map[string]*string{}
-	for i, col := range cols {
-		text[col] = vals[i]
 	}
 	ch, err := c.toChange(t, text, false)
 	if err != nil {

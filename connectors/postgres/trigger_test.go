@@ -277,7 +277,7 @@ func TestTriggerResume(t *testing.T) {
 	e.crm.Exec(t, "crm", `UPDATE customers SET phone = '1' WHERE customer_id <= 10`)
 	eventually(t, "updates captured", func() (bool, string) { _, n := e.records(t, "phone", "1"); return n == 10, fmt.Sprint(n) })
 	applied := e.store.Applied().Get("n1")
-	waitCheckpoint(t, cp, "checkpoint covers the updates", func(m map[string]any) bool { return m["seq"] == float64(applied) })
+	waitCheckpoint(t, cp, "checkpoint covers the updates", func(m map[string]any) bool { return coversSeq(m, applied) })
 	eventually(t, "checkpointed rows deleted", func() (bool, string) { n := changeRows(t, e, ""); return n == "0", n })
 	if err := stop(); err != nil {
 		t.Fatal(err)
@@ -292,7 +292,7 @@ func TestTriggerResume(t *testing.T) {
 		return live == 59 && n == 20, fmt.Sprintf("%d live, %d with phone 2", live, n)
 	})
 	applied = e.store.Applied().Get("n1")
-	waitCheckpoint(t, cp, "checkpoint covers them", func(m map[string]any) bool { return m["seq"] == float64(applied) })
+	waitCheckpoint(t, cp, "checkpoint covers them", func(m map[string]any) bool { return coversSeq(m, applied) })
 	for id, want := range map[string][2]int{"1": {1, 2}, "6": {1, 3}, "12": {1, 2}, "30": {1, 1}, "55": {1, 1}} {
 		if n := e.versions(t, id, "name"); n != want[0] {
 			t.Errorf("record %s: %d versions of name, want %d", id, n, want[0])
