@@ -30,6 +30,7 @@ type Connector struct {
 	schema connectors.SchemaSource
 	log    *slog.Logger
 	origin string
+	srcReg string // the records' source register of this connector (change.src)
 
 	mu struct {
 		sync.Mutex
@@ -136,7 +137,7 @@ func WithWriteConcern(acks int, wait func(ctx context.Context, dot crdt.Dot, k i
 
 // New returns a connector; Run starts it.
 func New(cfg *Config, store *storage.Store, schema connectors.SchemaSource, log *slog.Logger, opts ...Option) *Connector {
-	c := &Connector{cfg: cfg, store: store, schema: schema, origin: connectors.Origin("postgres", cfg.Name),
+	c := &Connector{cfg: cfg, store: store, schema: schema, origin: connectors.Origin("postgres", cfg.Name), srcReg: crdt.SourceRegister(cfg.Name),
 		log: log.With("component", "connector", "connector", cfg.Name)}
 	for _, o := range opts {
 		o(c)
@@ -237,7 +238,8 @@ func (c *Connector) Run(ctx context.Context) error {
 // restart resumed from the last periodic checkpoint and captured every
 // change after it a second time, as new edits with new dots and timestamps
 // (found by the fault harness: jepsen/README.md, pg-recapture). An owner
-// that dies cannot write it: that case is still open.
+// that dies cannot write it; the records' source registers (change.src)
+// then keep the changes streamed again from being captured twice.
 func (c *Connector) finalCheckpoint() {
 	if c.checkpoints == nil {
 		return
@@ -567,7 +569,7 @@ func (c *Connector) write(ent *crdt.Entity, ch change, tok crdt.VV) storage.Loca
 			if len(ent.Groups) > 0 {
 				ec.History = env.History
 			}
-			reg := crdt.SourceRegister(c.cfg.Name)
+			reg := c.srcReg
 			if ch.src != "" && alreadyCaptured(rec, reg, ch.src) {
 				// Captured before a resume from an earlier checkpoint
 				// (the last owner got further than its checkpoint): the
