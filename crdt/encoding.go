@@ -23,16 +23,24 @@ import (
 //	           tuple: uvarint n, n values (no nested tuples); null: nothing
 //	vv       = uvarint n, n × (string node, uvarint seq)   sorted, unique, seq > 0
 //	dot      = string node, uvarint seq
-//	version  = value, uvarint ts, string origin, dot, vv ctx
-//	register = string name, uvarint n, n × version          sorted by dot
-//	record   = 0x01, vv context, uvarint n, n × register     sorted by name
+//	version  = value, uvarint ts, string origin, dot, vv ctx, string src,
+//	           uvarint n, n × dot also                        also sorted, unique, none = dot
+//	register = string name, vv past, uvarint n, n × version  sorted by dot
+//	record   = 0x02, vv context, uvarint n, n × register     sorted by name
+//
+// Format 1 records (written before copies of a source change folded) have
+// registers without past and versions without src and also; they still
+// decode. A version alone (a history value) ends after ctx in format 1.
 //	edit     = 0x01, string entity, string id, dot, uvarint ts, string origin,
 //	           uvarint n, n × (string register, value, vv ctx)   sorted by register
 
 // ErrCorrupt is returned (wrapped) by every decoder for malformed input.
 var ErrCorrupt = errors.New("corrupt encoding")
 
-const formatV1 = 1
+const (
+	formatV1 = 1
+	formatV2 = 2
+)
 
 // AppendValue appends the encoding of v.
 func AppendValue(b []byte, v Value) []byte {
@@ -72,17 +80,25 @@ func AppendVersion(b []byte, v *Version) []byte {
 	b = appendString(b, v.Origin)
 	b = appendString(b, v.Dot.Node)
 	b = binary.AppendUvarint(b, v.Dot.Seq)
-	return AppendVV(b, v.Ctx)
+	b = AppendVV(b, v.Ctx)
+	b = appendString(b, v.Src)
+	b = binary.AppendUvarint(b, uint64(len(v.Also)))
+	for _, d := range v.Also {
+		b = appendString(b, d.Node)
+		b = binary.AppendUvarint(b, d.Seq)
+	}
+	return b
 }
 
 // AppendRecord appends the encoding of a record state.
 func AppendRecord(b []byte, rec *Record) []byte {
-	b = append(b, formatV1)
+	b = append(b, formatV2)
 	b = AppendVV(b, rec.Context)
 	b = binary.AppendUvarint(b, uint64(len(rec.Registers)))
 	for i := range rec.Registers {
 		r := &rec.Registers[i]
 		b = appendString(b, r.Name)
+		b = AppendVV(b, r.Past)
 		b = binary.AppendUvarint(b, uint64(len(r.Versions)))
 		for j := range r.Versions {
 			b = AppendVersion(b, &r.Versions[j])
@@ -283,20 +299,45 @@ func (d *decoder) dot() Dot {
 	return dot
 }
 
-func (d *decoder) version() Version {
+// version decodes a version; tail says whether src and also follow.
+func (d *decoder) version(tail bool) Version {
 	var v Version
 	v.Value = d.value(0)
 	v.TS = Timestamp(d.uvarint("timestamp"))
 	v.Origin = d.str("origin")
 	v.Dot = d.dot()
 	v.Ctx = d.vv()
+	if !tail || d.err != nil {
+		return v
+	}
+	v.Src = d.str("src")
+	n := d.count("also", 2)
+	for i := 0; i < n && d.err == nil; i++ {
+		a := d.dot()
+		switch {
+		case d.err != nil:
+		case a == v.Dot:
+			d.fail("version %s lists its own dot in also", v.Dot)
+		case a.Compare(v.Dot) < 0:
+			d.fail("version %s: also dot %s is below the version's dot", v.Dot, a)
+		case i > 0 && v.Also[i-1].Compare(a) >= 0:
+			d.fail("version %s: also dots not sorted and unique at %s", v.Dot, a)
+		}
+		v.Also = append(v.Also, a)
+	}
+	if d.err == nil && len(v.Also) > 0 && v.Src == "" {
+		d.fail("version %s folds copies but names no source change", v.Dot)
+	}
 	return v
 }
 
-func (d *decoder) format() {
-	if f := d.byte1("format"); d.err == nil && f != formatV1 {
+// format reads the format byte of a record or an edit and returns it.
+func (d *decoder) format(max byte) byte {
+	f := d.byte1("format")
+	if d.err == nil && (f < formatV1 || f > max) {
 		d.fail("unknown format version %d", f)
 	}
+	return f
 }
 
 func (d *decoder) done(what string) error {
@@ -323,14 +364,19 @@ func DecodeVV(b []byte) (VV, error) {
 // DecodeVersion decodes a version encoded by AppendVersion.
 func DecodeVersion(b []byte) (Version, error) {
 	d := ownedDecoder(b)
-	v := d.version()
+	v := d.version(false)
+	if d.err == nil && len(d.b) > 0 {
+		// Format 2: src and also follow (a format 1 value ends after ctx).
+		d = ownedDecoder(b)
+		v = d.version(true)
+	}
 	return v, d.done("version")
 }
 
 // DecodeRecord decodes a record state encoded by AppendRecord.
 func DecodeRecord(b []byte) (*Record, error) {
 	d := ownedDecoder(b)
-	d.format()
+	f := d.format(formatV2)
 	rec := &Record{Context: d.vv()}
 	n := d.count("registers", 2)
 	if n > 0 {
@@ -338,12 +384,15 @@ func DecodeRecord(b []byte) (*Record, error) {
 	}
 	for i := 0; i < n && d.err == nil; i++ {
 		r := Register{Name: d.str("register name")}
+		if f >= formatV2 {
+			r.Past = d.vv()
+		}
 		m := d.count("versions", 6)
 		if m > 0 {
 			r.Versions = make([]Version, 0, prealloc(m))
 		}
 		for j := 0; j < m && d.err == nil; j++ {
-			v := d.version()
+			v := d.version(f >= formatV2)
 			if d.err == nil && j > 0 && r.Versions[j-1].Dot.Compare(v.Dot) >= 0 {
 				d.fail("register %q versions not sorted by dot", r.Name)
 			}
@@ -363,7 +412,7 @@ func DecodeRecord(b []byte) (*Record, error) {
 // DecodeEdit decodes an edit encoded by AppendEdit.
 func DecodeEdit(b []byte) (*Edit, error) {
 	d := ownedDecoder(b)
-	d.format()
+	d.format(formatV1)
 	e := &Edit{Entity: d.str("entity"), ID: d.str("id")}
 	e.Dot = d.dot()
 	e.TS = Timestamp(d.uvarint("timestamp"))

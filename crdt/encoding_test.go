@@ -71,13 +71,23 @@ var genDot = rapid.Custom(func(t *rapid.T) Dot {
 })
 
 var genVersion = rapid.Custom(func(t *rapid.T) Version {
-	return Version{
+	v := Version{
 		Value:  genValue.Draw(t, "value"),
 		TS:     Timestamp(rapid.Uint64().Draw(t, "ts")),
 		Origin: rapid.SampledFrom([]string{"", "api", "postgres:crm"}).Draw(t, "origin"),
 		Dot:    genDot.Draw(t, "dot"),
 		Ctx:    genVV.Draw(t, "ctx"),
 	}
+	if rapid.Bool().Draw(t, "captured") {
+		v.Src = rapid.SampledFrom([]string{"_src:crm=L0000000001000000.00000001", "_src:x=T1"}).Draw(t, "src")
+		for _, d := range rapid.SliceOfNDistinct(genDot, 0, 3, rapid.ID[Dot]).Draw(t, "also") {
+			if d.Compare(v.Dot) > 0 {
+				v.Also = append(v.Also, d)
+			}
+		}
+		slices.SortFunc(v.Also, Dot.Compare)
+	}
+	return v
 })
 
 var genRecord = rapid.Custom(func(t *rapid.T) *Record {
@@ -87,7 +97,7 @@ var genRecord = rapid.Custom(func(t *rapid.T) *Record {
 	for _, n := range names {
 		vs := rapid.SliceOfNDistinct(genVersion, 0, 4, func(v Version) Dot { return v.Dot }).Draw(t, "versions")
 		slices.SortFunc(vs, func(a, b Version) int { return a.Dot.Compare(b.Dot) })
-		rec.Registers = append(rec.Registers, Register{Name: n, Versions: vs})
+		rec.Registers = append(rec.Registers, Register{Name: n, Versions: vs, Past: genVV.Draw(t, "past")})
 	}
 	return rec
 })
@@ -237,12 +247,17 @@ func TestDecodeRejects(t *testing.T) {
 		{"vv huge count", decVV, []byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01}},
 		{"version zero dot", decVersion, cat([]byte{byte(KindNull), 1}, str("api"), str(""), []byte{0, 0})},
 		{"record empty", decRecord, nil},
-		{"record bad format", decRecord, []byte{2, 0, 0}},
+		{"record bad format", decRecord, []byte{3, 0, 0}},
+		{"record format 0", decRecord, []byte{0, 0, 0}},
+		{"version also without src", decVersion, cat([]byte{byte(KindNull), 1}, str("api"), str("a"), []byte{1, 0}, str(""), []byte{1}, str("b"), []byte{1})},
+		{"version also own dot", decVersion, cat([]byte{byte(KindNull), 1}, str("api"), str("a"), []byte{1, 0}, str("s"), []byte{1}, str("a"), []byte{1})},
+		{"version also below dot", decVersion, cat([]byte{byte(KindNull), 1}, str("api"), str("b"), []byte{1, 0}, str("s"), []byte{1}, str("a"), []byte{1})},
+		{"version also unsorted", decVersion, cat([]byte{byte(KindNull), 1}, str("api"), str("a"), []byte{1, 0}, str("s"), []byte{2}, str("c"), []byte{1}, str("b"), []byte{1})},
 		{"record unsorted registers", decRecord, cat([]byte{1, 0, 2}, str("b"), []byte{0}, str("a"), []byte{0})},
 		{"record duplicate registers", decRecord, cat([]byte{1, 0, 2}, str("a"), []byte{0}, str("a"), []byte{0})},
-		{"record unsorted versions", decRecord, cat([]byte{1, 0, 1}, str("r"), []byte{2},
+		{"record unsorted versions", decRecord, cat([]byte{2, 0, 1}, str("r"), []byte{0, 2},
 			AppendVersion(nil, &Version{Dot: Dot{"b", 1}}), AppendVersion(nil, &Version{Dot: Dot{"a", 1}}))},
-		{"record duplicate versions", decRecord, cat([]byte{1, 0, 1}, str("r"), []byte{2},
+		{"record duplicate versions", decRecord, cat([]byte{2, 0, 1}, str("r"), []byte{0, 2},
 			AppendVersion(nil, &Version{Dot: Dot{"a", 1}}), AppendVersion(nil, &Version{Dot: Dot{"a", 1}}))},
 		{"record truncated", decRecord, AppendRecord(nil, &Record{Registers: []Register{{Name: "r", Versions: []Version{{Dot: Dot{"a", 1}}}}}})[:8]},
 		{"edit unsorted writes", decEdit, AppendEdit(nil, &Edit{Dot: Dot{"a", 1}, Writes: []Write{{Register: "b"}, {Register: "a"}}})},
@@ -257,6 +272,32 @@ func TestDecodeRejects(t *testing.T) {
 				t.Fatalf("decode(%x) error = %v, want ErrCorrupt", tt.in, err)
 			}
 		})
+	}
+}
+
+// TestDecodeFormat1 reads what stores wrote before copies of a source
+// change folded: records without past and versions without src and also.
+func TestDecodeFormat1(t *testing.T) {
+	str := func(s string) []byte { return appendString(nil, s) }
+	cat := func(bs ...[]byte) []byte { return bytes.Join(bs, nil) }
+	v1 := cat([]byte{byte(KindString)}, str("x"), []byte{7}, str("api"), str("a"), []byte{3, 1}, str("a"), []byte{2})
+	v, err := DecodeVersion(v1)
+	if err != nil {
+		t.Fatalf("format 1 version: %v", err)
+	}
+	want := Version{Value: String("x"), TS: 7, Origin: "api", Dot: Dot{"a", 3}, Ctx: VV{{"a", 2}}}
+	if !v.Equal(&want) {
+		t.Fatalf("format 1 version = %+v, want %+v", v, want)
+	}
+	rec, err := DecodeRecord(cat([]byte{1, 0, 1}, str("name"), []byte{1}, v1))
+	if err != nil {
+		t.Fatalf("format 1 record: %v", err)
+	}
+	if len(rec.Registers) != 1 || len(rec.Registers[0].Versions) != 1 || !rec.Registers[0].Versions[0].Equal(&want) {
+		t.Fatalf("format 1 record = %+v", rec)
+	}
+	if b := AppendRecord(nil, rec); b[0] != formatV2 {
+		t.Fatalf("re-encoded record has format %d, want %d", b[0], formatV2)
 	}
 }
 

@@ -49,6 +49,8 @@ type sim struct {
 	// registers and contexts come from Register.CloseContext directly.
 	prune bool
 	stale int // edits written with an explicit (possibly stale) token
+	pos   int // source positions handed to captured edits so far
+	twins int // captures of a change a second time (recapture)
 }
 
 // simEntity declares the registers of simulated histories as int fields.
@@ -78,6 +80,8 @@ func genSim(t *rapid.T, prune bool) *sim {
 			// NTP step or operator error: a node's clock jumps, also backwards.
 			n := s.node(t, "reskew")
 			n.skew = rapid.Int64Range(-3000, 3000).Draw(t, "skew")
+		case action == 6:
+			s.recapture(t)
 		default:
 			s.deliver(t)
 		}
@@ -89,11 +93,71 @@ func (s *sim) node(t *rapid.T, label string) *simNode {
 	return s.nodes[rapid.IntRange(0, len(s.nodes)-1).Draw(t, label)]
 }
 
-// edit makes a node accept an edit of one or two registers.
+// edit makes a node accept an edit of one or two registers. An edit of a
+// postgres origin is a captured change: it writes the connector's source
+// register with a new source position, as connectors do.
 func (s *sim) edit(t *rapid.T) {
 	n := s.node(t, "editor")
 	regs := rapid.SliceOfNDistinct(rapid.SampledFrom(s.regs), 1, 2, rapid.ID[string]).Draw(t, "writes")
 	sort.Strings(regs)
+	fields := map[string]Value{}
+	for _, r := range regs {
+		fields[r] = Int(rapid.Int64Range(0, 5).Draw(t, "value"))
+	}
+	origin := rapid.SampledFrom(simOrigins).Draw(t, "origin")
+	src := ""
+	if strings.HasPrefix(origin, "postgres:") {
+		s.pos++
+		src = fmt.Sprintf("L%08d", s.pos)
+	}
+	s.accept(t, n, n.clock.Now(), origin, fields, src)
+}
+
+// recapture makes a node capture a change that another node captured and
+// it has not applied yet (a new owner of the connector resuming behind what
+// the last owner captured): the same change, time, origin and source
+// position, with the new owner's dot and context.
+func (s *sim) recapture(t *rapid.T) {
+	n := s.node(t, "recapturer")
+	var cands []*Edit
+	for _, e := range s.edits {
+		// A connector does not capture a change again where a copy of it
+		// arrived (its source register shows the position).
+		if e.Source() != "" && e.Dot.Node != n.name && !holdsCopy(s, n, e.Source()) {
+			cands = append(cands, e)
+		}
+	}
+	if len(cands) == 0 {
+		return
+	}
+	e0 := cands[rapid.IntRange(0, len(cands)-1).Draw(t, "change")]
+	fields := map[string]Value{}
+	src := ""
+	for _, w := range e0.Writes {
+		switch {
+		case strings.HasPrefix(w.Register, SourcePrefix):
+			src = w.Value.Str()
+		case w.Register != DeletedField:
+			fields[w.Register] = w.Value
+		}
+	}
+	s.twins++
+	s.accept(t, n, e0.TS, e0.Origin, fields, src)
+}
+
+// holdsCopy reports whether n applied an edit capturing source change src.
+func holdsCopy(s *sim, n *simNode, src string) bool {
+	for _, e := range s.edits {
+		if e.Source() == src && n.applied[e.Dot.Node] >= e.Dot.Seq {
+			return true
+		}
+	}
+	return false
+}
+
+// accept makes n accept an edit of fields (and of the source register
+// when src is set), overwriting what it shows or with a read token.
+func (s *sim) accept(t *rapid.T, n *simNode, ts Timestamp, origin string, fields map[string]Value, src string) {
 	var token VV
 	explicit := false
 	if rapid.IntRange(0, 1).Draw(t, "stale") == 0 {
@@ -109,28 +173,40 @@ func (s *sim) edit(t *rapid.T) {
 		}
 	}
 	applied := n.appliedVV()
-	e := &Edit{Entity: "contact", ID: "r", Dot: Dot{Node: n.name, Seq: n.seq + 1}, TS: n.clock.Now(),
-		Origin: rapid.SampledFrom(simOrigins).Draw(t, "origin")}
+	e := &Edit{Entity: "contact", ID: "r", Dot: Dot{Node: n.name, Seq: n.seq + 1}, TS: ts, Origin: origin}
+	srcReg := SourceRegister(strings.TrimPrefix(origin, "postgres:"))
 	if s.prune {
-		fields := map[string]Value{}
-		for _, r := range regs {
-			fields[r] = Int(rapid.Int64Range(0, 5).Draw(t, "value"))
-		}
 		ec := EditContext{Token: token, Explicit: explicit, Applied: applied,
 			History: func(r string) ([]Version, error) { return n.history[r], nil }}
 		writes, err := simEntity.PreparePut(n.rec, fields, ec)
 		if err != nil {
 			t.Fatalf("PreparePut: %v", err)
 		}
+		if src != "" {
+			if writes, err = WithSystem(n.rec, writes, srcReg, String(src), ec); err != nil {
+				t.Fatalf("WithSystem: %v", err)
+			}
+		}
 		e.Writes = writes
 	} else {
+		regs := make([]string, 0, len(fields)+1)
+		for r := range fields {
+			regs = append(regs, r)
+		}
+		if src != "" {
+			regs = append(regs, srcReg)
+		}
+		sort.Strings(regs)
 		for _, r := range regs {
 			reg := n.rec.Register(r)
 			if reg == nil {
 				reg = &Register{Name: r}
 			}
-			e.Writes = append(e.Writes, Write{Register: r, Value: Int(rapid.Int64Range(0, 5).Draw(t, "value")),
-				Ctx: reg.CloseContext(token, explicit, applied)})
+			v, ok := fields[r]
+			if !ok {
+				v = String(src)
+			}
+			e.Writes = append(e.Writes, Write{Register: r, Value: v, Ctx: reg.CloseContext(token, explicit, applied)})
 		}
 	}
 	n.seq++
@@ -174,11 +250,40 @@ func (s *sim) deliver(t *rapid.T) {
 }
 
 func (s *sim) apply(n *simNode, e *Edit) {
-	n.rec.Apply(e)
 	if s.prune {
-		n.rec.TakeDominated(func(r string, v Version) { n.history[r] = append(n.history[r], v) })
+		storeApply(n.rec, n.history, e)
+	} else {
+		n.rec.Apply(e)
 	}
 	n.tokens = append(n.tokens, n.rec.Context) // a read
+}
+
+// storeApply applies e as the store does: only live versions stay in rec,
+// the others move to hist, and a copy of a source change held in hist
+// folds into it there (Record.ApplyStored).
+func storeApply(rec *Record, hist map[string][]Version, e *Edit) {
+	past := func(register, src string) (*Version, error) {
+		for i := range hist[register] {
+			if hist[register][i].Src == src {
+				v := hist[register][i]
+				return &v, nil
+			}
+		}
+		return nil, nil
+	}
+	put := func(register string, old Dot, v Version) {
+		for i := range hist[register] {
+			if hist[register][i].Dot == old {
+				hist[register][i] = v
+				return
+			}
+		}
+		panic(fmt.Sprintf("put of %v: no history version %v in %q", v.Dot, old, register))
+	}
+	if _, err := rec.ApplyStored(e, past, put); err != nil {
+		panic(err)
+	}
+	rec.TakeDominated(func(r string, v Version) { hist[r] = append(hist[r], v) })
 }
 
 // syncAll delivers every edit to every node (anti-entropy after faults heal).
@@ -637,6 +742,7 @@ func TestTakeDominatedKeepsResolution(t *testing.T) {
 // Register.TakeDominated). In half the runs the nodes of the history prune
 // too and prepare edits like the store (see sim.prune).
 func TestStorePruningConverges(t *testing.T) {
+	var folded atomic.Int64
 	rapid.Check(t, func(t *rapid.T) {
 		s := genSim(t, rapid.Bool().Draw(t, "prune"))
 		policies := genPolicies(t)
@@ -650,12 +756,11 @@ func TestStorePruningConverges(t *testing.T) {
 				applyEdits(seen), n.rec, policies)
 		}
 		// A store receiving the edits in another order, after every apply.
-		full, store := &Record{}, &Record{}
+		full, store, hist := &Record{}, &Record{}, map[string][]Version{}
 		order := shuffle(t, s.edits)
 		for i, e := range order {
 			full.Apply(e)
-			store.Apply(e)
-			store.TakeDominated(func(string, Version) {})
+			storeApply(store, hist, e)
 			checkSameResolution(t, fmt.Sprintf("store after %d of %d arrivals (nodes prune: %v)\narrivals:%s\n", i+1, len(order), s.prune, dumpEdits(order[:i+1])),
 				full, store, policies)
 		}
@@ -663,7 +768,17 @@ func TestStorePruningConverges(t *testing.T) {
 		for _, n := range s.nodes {
 			checkSameResolution(t, "node "+n.name+" after anti-entropy", full, n.rec, policies)
 		}
+		for _, r := range full.Registers {
+			for _, v := range r.Versions {
+				if len(v.Also) > 0 {
+					folded.Add(1)
+				}
+			}
+		}
 	})
+	if folded.Load() == 0 {
+		t.Errorf("no history held two captures of one change: the generator does not exercise folding")
+	}
 }
 
 // TestContextsClosed checks the premise of Register.TakeDominated: the
@@ -706,7 +821,10 @@ func unclosedContext(rec *Record) string {
 		for i := range reg.Versions {
 			for j := range reg.Versions {
 				v, w := &reg.Versions[i], &reg.Versions[j]
-				if i != j && w.Sees(v) && !w.Ctx.Dominates(v.Ctx) {
+				// A folded version's context joins its copies' contexts;
+				// one that saw a copy need not have seen the others
+				// (Register.TakeDominated keeps that context in Past).
+				if i != j && len(v.Also) == 0 && w.Sees(v) && !w.Ctx.Dominates(v.Ctx) {
 					return fmt.Sprintf("register %q: %v saw %v (ctx %v) but its context %v does not cover that context",
 						reg.Name, w.Dot, v.Dot, v.Ctx, w.Ctx)
 				}
@@ -762,8 +880,9 @@ func TestStorePruningClosure(t *testing.T) {
 	}
 }
 
-// refLive lists the live versions: those whose dot no other version's
-// context covers. Independent of Register.Dominated and VV.Covers.
+// refLive lists the live versions: those whose dot (or folded copies' dot)
+// no other version's context covers. Independent of Register.Dominated and
+// VV.Covers.
 func refLive(vs []Version) []int {
 	var live []int
 	for i := range vs {
@@ -772,9 +891,12 @@ func refLive(vs []Version) []int {
 			if i == j {
 				continue
 			}
-			for _, e := range vs[j].Ctx {
-				if e.Node == vs[i].Dot.Node && e.Seq >= vs[i].Dot.Seq && vs[i].Dot.Seq > 0 {
-					dominated = true
+			// A version is its dot and the dots of the copies folded into it.
+			for _, d := range append([]Dot{vs[i].Dot}, vs[i].Also...) {
+				for _, e := range vs[j].Ctx {
+					if e.Node == d.Node && e.Seq >= d.Seq && d.Seq > 0 {
+						dominated = true
+					}
 				}
 			}
 		}
@@ -959,11 +1081,12 @@ func (n *entNode) commit(writes []Write, ts Timestamp, origin string) *Edit {
 
 func (n *entNode) recv(edits ...*Edit) {
 	for _, e := range edits {
-		n.rec.Apply(e)
-		n.applied[e.Dot.Node] = max(n.applied[e.Dot.Node], e.Dot.Seq)
 		if n.history != nil {
-			n.rec.TakeDominated(func(r string, v Version) { n.history[r] = append(n.history[r], v) })
+			storeApply(n.rec, n.history, e)
+		} else {
+			n.rec.Apply(e)
 		}
+		n.applied[e.Dot.Node] = max(n.applied[e.Dot.Node], e.Dot.Seq)
 	}
 }
 
@@ -1375,4 +1498,121 @@ func TestTakeDominatedLarge(t *testing.T) {
 	if w, _ := reg.Resolve(&Policy{}); reg.Versions[w].Dot != winner {
 		t.Fatalf("winner changed from %v to %v", winner, reg.Versions[w].Dot)
 	}
+}
+
+// TestFoldLaws: folding copies of one change is commutative, associative
+// and idempotent, keeps the least dot with its value, time and origin, and
+// lists every other dot once.
+func TestFoldLaws(t *testing.T) {
+	genCopy := rapid.Custom(func(t *rapid.T) Version {
+		return Version{Value: Int(rapid.Int64Range(0, 3).Draw(t, "value")), TS: Timestamp(rapid.Uint64Range(1, 5).Draw(t, "ts")),
+			Origin: "postgres:crm", Dot: Dot{rapid.SampledFrom([]string{"n1", "n2", "n3"}).Draw(t, "node"), rapid.Uint64Range(1, 9).Draw(t, "seq")},
+			Ctx: genVV.Draw(t, "ctx"), Src: "_src:crm=L1"}
+	})
+	rapid.Check(t, func(t *rapid.T) {
+		// A dot identifies one edit: three copies, three dots.
+		cs := rapid.SliceOfNDistinct(genCopy, 3, 3, func(v Version) Dot { return v.Dot }).Draw(t, "copies")
+		a, b, c := cs[0], cs[1], cs[2]
+		ab, ba := Fold(a, b), Fold(b, a)
+		if !ab.Equal(&ba) {
+			t.Fatalf("Fold(a, b) = %+v, Fold(b, a) = %+v", ab, ba)
+		}
+		l, r := Fold(Fold(a, b), c), Fold(a, Fold(b, c))
+		if !l.Equal(&r) {
+			t.Fatalf("not associative: %+v vs %+v", l, r)
+		}
+		if aa := Fold(ab, a); !aa.Equal(&ab) {
+			t.Fatalf("not idempotent: %+v vs %+v", aa, ab)
+		}
+		least := a
+		for _, v := range []Version{b, c} {
+			if v.Dot.Compare(least.Dot) < 0 {
+				least = v
+			}
+		}
+		if l.Dot != least.Dot || !l.Value.Equal(least.Value) || l.TS != least.TS {
+			t.Fatalf("fold %+v does not keep the least copy %+v", l, least)
+		}
+		for _, v := range []Version{a, b, c} {
+			if !l.Has(v.Dot) || !l.Ctx.Dominates(v.Ctx) {
+				t.Fatalf("fold %+v lost copy %v or its context %v", l, v.Dot, v.Ctx)
+			}
+		}
+		if len(l.Also) > 0 && !slices.IsSortedFunc(l.Also, Dot.Compare) {
+			t.Fatalf("also %v not sorted", l.Also)
+		}
+		if slices.Contains(l.Also, l.Dot) {
+			t.Fatalf("also %v holds the fold's own dot %v", l.Also, l.Dot)
+		}
+	})
+}
+
+// TestRecaptureIsOneEdit pins the case the fault harness found
+// (pg-recapture): n1 captures change L1 of the crm database and is cut off
+// before its copy replicates; n2 takes over and captures L1 again; billing
+// then changes the row after seeing the value (it saw n2's copy). When n1's
+// copy arrives, the change is one version (history shows it once, both
+// dots), and billing's later edit supersedes it although crm ranks higher:
+// having seen one copy is having seen the change.
+func TestRecaptureIsOneEdit(t *testing.T) {
+	e := &Entity{Name: "contact", Fields: []FieldSpec{{Name: "f", Type: TypeString,
+		Policy: Policy{Kind: PolicyPriority, Priority: []string{"postgres:crm", "postgres:billing"}}}}}
+	capture := func(n *entNode, v string, ts Timestamp, origin, src string) *Edit {
+		ec := n.implicit()
+		writes, err := e.PreparePut(n.rec, map[string]Value{"f": String(v)}, ec)
+		if err == nil && src != "" {
+			writes, err = WithSystem(n.rec, writes, SourceRegister(strings.TrimPrefix(origin, "postgres:")), String(src), ec)
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n.commit(writes, ts, origin)
+	}
+	n1, n2 := newStoreNode("n1"), newStoreNode("n2")
+	c := capture(n1, "v1", MakeTimestamp(1000, 0), "postgres:crm", "L1")
+	w := capture(n2, "v1", MakeTimestamp(1000, 0), "postgres:crm", "L1")
+	y := capture(n2, "v2", MakeTimestamp(1001, 0), "postgres:billing", "L9")
+	if c.Source() != w.Source() || c.Source() == "" {
+		t.Fatalf("sources %q and %q, want one non-empty", c.Source(), w.Source())
+	}
+	// n3 gets the copies and billing's edit in every order.
+	orders := [][]*Edit{{c, w, y}, {c, y, w}, {w, c, y}, {w, y, c}, {y, c, w}, {y, w, c}}
+	var want []byte
+	for _, order := range orders {
+		n3 := newStoreNode("n3")
+		for _, ed := range order {
+			n3.recv(ed)
+		}
+		f, _ := view(t, e, n3.rec)
+		if got := f["f"]; got.Value.Str() != "v2" || got.Conflicted {
+			t.Errorf("order %v: f = %v (conflicted %v), want v2 from billing, which saw the change", dots(order), got.Value, got.Conflicted)
+		}
+		all := append(slices.Clone(n3.rec.Register("f").Versions), n3.history["f"]...)
+		copies := 0
+		for _, v := range all {
+			if v.Value.Str() == "v1" {
+				copies++
+				if v.Dot != c.Dot || !slices.Equal(v.Also, []Dot{w.Dot}) {
+					t.Errorf("order %v: the change is %v also %v, want %v also [%v]", dots(order), v.Dot, v.Also, c.Dot, w.Dot)
+				}
+			}
+		}
+		if copies != 1 {
+			t.Errorf("order %v: the change shows %d times in f's versions, want once", dots(order), copies)
+		}
+		full := applyEdits(order)
+		if b := AppendRecord(nil, full); want == nil {
+			want = b
+		} else if !bytes.Equal(b, want) {
+			t.Errorf("order %v: the full record differs from another order's", dots(order))
+		}
+	}
+}
+
+func dots(es []*Edit) []Dot {
+	out := make([]Dot, len(es))
+	for i, e := range es {
+		out[i] = e.Dot
+	}
+	return out
 }

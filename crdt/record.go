@@ -27,7 +27,21 @@ type Write struct {
 
 // Version returns the version w adds to its register.
 func (e *Edit) Version(w *Write) Version {
-	return Version{Value: w.Value, TS: e.TS, Origin: e.Origin, Dot: e.Dot, Ctx: w.Ctx}
+	return Version{Value: w.Value, TS: e.TS, Origin: e.Origin, Dot: e.Dot, Ctx: w.Ctx, Src: e.Source()}
+}
+
+// Source names the source change e captured: the write of a connector's
+// source register (SourceRegister), as "register=position"; "" when e
+// writes none (API edits, snapshot rows). Two edits with one Source are
+// two captures of one change (see Version.Src).
+func (e *Edit) Source() string {
+	for i := range e.Writes {
+		w := &e.Writes[i]
+		if strings.HasPrefix(w.Register, SourcePrefix) && w.Value.Kind() == KindString {
+			return w.Register + "=" + w.Value.Str()
+		}
+	}
+	return ""
 }
 
 // Record is the CRDT state of one record: its registers (sorted by name) and
@@ -58,10 +72,40 @@ func (rec *Record) registerFor(name string) *Register {
 // Apply merges an edit into the record (set union per register). It reports
 // whether anything changed; applying an edit twice changes nothing.
 func (rec *Record) Apply(e *Edit) bool {
+	changed, _ := rec.ApplyStored(e, nil, nil)
+	return changed
+}
+
+// ApplyStored is Apply for a store that keeps only the live versions in rec
+// and moved the superseded ones to history. When the edit captured a source
+// change (Edit.Source) that a version in history already holds a copy of,
+// past returns that version (nil when there is none) and the edit's version
+// folds into it there: put receives the folded version and the dot the old
+// one was kept under. A nil past means rec is a full set.
+func (rec *Record) ApplyStored(e *Edit, past func(register, src string) (*Version, error), put func(register string, old Dot, v Version)) (bool, error) {
 	changed := false
+	src := e.Source()
 	for i := range e.Writes {
 		w := &e.Writes[i]
-		if rec.registerFor(w.Register).Add(e.Version(w)) {
+		reg := rec.registerFor(w.Register)
+		v := e.Version(w)
+		v.Src = src
+		if src != "" && past != nil && reg.findSrc(src) < 0 {
+			old, err := past(w.Register, src)
+			if err != nil {
+				return changed, err
+			}
+			if old != nil {
+				if old.Has(v.Dot) {
+					continue
+				}
+				put(w.Register, old.Dot, reg.FoldPast(*old, v))
+				changed = true
+				rec.Context = rec.Context.Join(w.Ctx)
+				continue
+			}
+		}
+		if reg.Add(v) {
 			changed = true
 			rec.Context = rec.Context.Join(w.Ctx)
 		}
@@ -69,7 +113,7 @@ func (rec *Record) Apply(e *Edit) bool {
 	if changed {
 		rec.Context = rec.Context.WithDot(e.Dot)
 	}
-	return changed
+	return changed, nil
 }
 
 // Merge merges another record state into rec (set union of every register).

@@ -17,12 +17,75 @@ type Version struct {
 	// Dot is the id of the edit (shared by every register the edit wrote).
 	Dot Dot
 	// Ctx is what the writer had seen of this register. A version whose dot
-	// Ctx covers is superseded by this one.
+	// (or one of whose Also dots) Ctx covers is superseded by this one.
 	Ctx VV
+	// Src names the source change a connector captured this edit from
+	// (Edit.Source): "" for every other edit. Versions with one Src are
+	// copies of one change, captured twice (by two owners of a connector,
+	// each before the other's copy reached it); they fold into one version
+	// (Fold), so the change counts once however often it was captured.
+	Src string
+	// Also are the dots of the other copies folded into this version,
+	// sorted; Dot is the least of all.
+	Also []Dot
 }
 
 // Sees reports whether v's writer had seen w, i.e. v supersedes w.
-func (v *Version) Sees(w *Version) bool { return v.Ctx.Covers(w.Dot) }
+func (v *Version) Sees(w *Version) bool { return w.CoveredBy(v.Ctx) }
+
+// CoveredBy reports whether ctx covers v: its dot or the dot of a copy
+// folded into it (having seen one copy of a change is having seen the
+// change).
+func (v *Version) CoveredBy(ctx VV) bool {
+	if ctx.Covers(v.Dot) {
+		return true
+	}
+	for _, d := range v.Also {
+		if ctx.Covers(d) {
+			return true
+		}
+	}
+	return false
+}
+
+// Has reports whether d is v's dot or the dot of a copy folded into it.
+func (v *Version) Has(d Dot) bool {
+	if v.Dot == d {
+		return true
+	}
+	_, ok := slices.BinarySearchFunc(v.Also, d, Dot.Compare)
+	return ok
+}
+
+// Fold returns the one version that copies a and b of one source change
+// (equal, non-empty Src) make: the value, time and origin of the copy with
+// the least dot, that dot, every other copy's dot in Also, and the join of
+// their contexts (what either copy's writer had seen is superseded by the
+// change). Fold is commutative, associative and idempotent, so the copies
+// of a change fold to the same version in any order, on every node.
+func Fold(a, b Version) Version {
+	base := a
+	if b.Dot.Compare(a.Dot) < 0 {
+		base = b
+	}
+	out := Version{Value: base.Value, TS: base.TS, Origin: base.Origin, Dot: base.Dot, Src: base.Src, Ctx: a.Ctx.Join(b.Ctx)}
+	dots := make([]Dot, 0, 2+len(a.Also)+len(b.Also))
+	dots = append(append(append(append(dots, a.Dot), a.Also...), b.Dot), b.Also...)
+	slices.SortFunc(dots, Dot.Compare)
+	dots = slices.Compact(dots)
+	for _, d := range dots {
+		if d != out.Dot {
+			out.Also = append(out.Also, d)
+		}
+	}
+	return out
+}
+
+// Equal reports whether two versions are the same, field by field.
+func (v *Version) Equal(w *Version) bool {
+	return v.Dot == w.Dot && v.TS == w.TS && v.Origin == w.Origin && v.Src == w.Src &&
+		v.Value.Equal(w.Value) && v.Ctx.Equal(w.Ctx) && slices.Equal(v.Also, w.Also)
+}
 
 // Register is the CRDT state of one field or field group: a set of versions
 // keyed by dot, kept sorted by dot so equal sets have equal representations.
@@ -35,6 +98,11 @@ func (v *Version) Sees(w *Version) bool { return v.Ctx.Covers(w.Dot) }
 type Register struct {
 	Name     string
 	Versions []Version
+	// Past is the join of the contexts of the versions that are no longer
+	// in Versions (TakeDominated moved them out, to the store's history) and
+	// of copies folded into those since (FoldPast): what their writers had
+	// seen is still superseded. It is always empty in a full set.
+	Past VV
 }
 
 // find returns the index where a version with dot d is or would be inserted.
@@ -48,16 +116,50 @@ func (r *Register) Has(d Dot) bool {
 	return ok
 }
 
-// Add inserts v unless a version with the same dot is present. It reports
-// whether the set changed. A dot identifies exactly one version, so an equal
-// dot means a duplicate delivery.
+// Add inserts v unless a version with the same dot is present, or folds it
+// into the version holding another copy of its source change (same Src).
+// It reports whether the set changed. A dot identifies exactly one version,
+// so an equal dot means a duplicate delivery.
 func (r *Register) Add(v Version) bool {
+	if v.Src != "" {
+		if j := r.findSrc(v.Src); j >= 0 {
+			f := Fold(r.Versions[j], v)
+			if f.Equal(&r.Versions[j]) {
+				return false
+			}
+			r.Versions = slices.Delete(r.Versions, j, j+1)
+			i, _ := r.find(f.Dot)
+			r.Versions = slices.Insert(r.Versions, i, f)
+			return true
+		}
+	}
 	i, ok := r.find(v.Dot)
 	if ok {
 		return false
 	}
 	r.Versions = slices.Insert(r.Versions, i, v)
 	return true
+}
+
+// findSrc returns the index of the version with Src src, or -1.
+func (r *Register) findSrc(src string) int {
+	for i := range r.Versions {
+		if r.Versions[i].Src == src {
+			return i
+		}
+	}
+	return -1
+}
+
+// FoldPast folds v into old, the version holding another copy of v's
+// source change that the store already moved out of r (to history, as
+// superseded), and returns the folded version for the store to keep there
+// instead. v joins the superseded versions (so does the folded one), and
+// what its writer had seen stays superseded: r.Past takes its context, so a
+// version v covers arriving later is judged superseded by r alone.
+func (r *Register) FoldPast(old, v Version) Version {
+	r.Past = r.Past.Join(v.Ctx)
+	return Fold(old, v)
 }
 
 // Merge adds every version of o into r (set union).
@@ -68,14 +170,22 @@ func (r *Register) Merge(o *Register) bool {
 			changed = true
 		}
 	}
+	if !r.Past.Dominates(o.Past) {
+		r.Past = r.Past.Join(o.Past)
+		changed = true
+	}
 	return changed
 }
 
-// Dominated reports whether version i is superseded by another version of r.
+// Dominated reports whether version i is superseded by another version of r
+// (or by a copy folded into a version r no longer holds, Past).
 func (r *Register) Dominated(i int) bool {
-	d := r.Versions[i].Dot
+	v := &r.Versions[i]
+	if len(r.Past) > 0 && v.CoveredBy(r.Past) {
+		return true
+	}
 	for j := range r.Versions {
-		if j != i && r.Versions[j].Ctx.Covers(d) {
+		if j != i && v.CoveredBy(r.Versions[j].Ctx) {
 			return true
 		}
 	}
@@ -109,12 +219,16 @@ func (r *Register) Live(buf []int) []int {
 	return buf
 }
 
-// Context is the register's version vector: every dot and context it holds.
-// A write that uses it as its context supersedes every version present.
+// Context is the register's version vector: every dot (folded copies'
+// included) and context it holds. A write that uses it as its context
+// supersedes every version present.
 func (r *Register) Context() VV {
-	var vv VV
+	vv := r.Past
 	for i := range r.Versions {
 		vv = vv.Join(r.Versions[i].Ctx).WithDot(r.Versions[i].Dot)
+		for _, d := range r.Versions[i].Also {
+			vv = vv.WithDot(d)
+		}
 	}
 	return vv
 }
@@ -123,7 +237,10 @@ func (r *Register) Context() VV {
 // buf, in dot order. The store calls it after Add to move superseded
 // versions to history; a dominated version stays dominated, because the
 // context of a version that supersedes another covers that one's context
-// (contexts are closed when an edit is accepted, see CloseContext).
+// (contexts are closed when an edit is accepted, see CloseContext). A
+// folded version is the exception (its dominator may have seen one copy
+// only), so every moved version's context joins Past: a version arriving
+// later is judged against exactly what the full set would judge it by.
 func (r *Register) TakeDominated(buf []Version) []Version {
 	keep := r.Versions[:0]
 	n := len(r.Versions)
@@ -148,6 +265,10 @@ func (r *Register) TakeDominated(buf []Version) []Version {
 			dom = big[i]
 		}
 		if dom {
+			// What it saw stays superseded (Past): for a folded version
+			// its dominator may have seen one copy only, not what the
+			// other copies' writers saw.
+			r.Past = r.Past.Join(r.Versions[i].Ctx)
 			buf = append(buf, r.Versions[i])
 		} else {
 			keep = append(keep, r.Versions[i])
@@ -180,7 +301,7 @@ func (r *Register) closeOver(ctx VV) VV {
 	for changed := true; changed; {
 		changed = false
 		for i := range r.Versions {
-			if ctx.Covers(r.Versions[i].Dot) && !ctx.Dominates(r.Versions[i].Ctx) {
+			if r.Versions[i].CoveredBy(ctx) && !ctx.Dominates(r.Versions[i].Ctx) {
 				ctx = ctx.Join(r.Versions[i].Ctx)
 				changed = true
 			}
@@ -257,10 +378,11 @@ type Verdict struct {
 	By   Dot
 }
 
-// Fates judges every version of a full register (live and history alike):
-// the winner won; another live version lost to the winner (mvr: is its
-// sibling); a dominated version was superseded by the earliest edit, by
-// (ts, origin, dot), that saw it. The result is indexed like all.
+// Fates judges every version of a full register (live and history alike,
+// copies of one change folded as Register.Add folds them): the winner won;
+// another live version lost to the winner (mvr: is its sibling); a
+// dominated version was superseded by the earliest edit, by (ts, origin,
+// dot), that saw it. The result is indexed like all.
 func Fates(all []Version, p *Policy) []Verdict {
 	r := Register{Versions: all}
 	winner, _ := r.Resolve(p)
@@ -268,7 +390,7 @@ func Fates(all []Version, p *Policy) []Verdict {
 	for i := range all {
 		by := -1
 		for j := range all {
-			if j == i || !all[j].Ctx.Covers(all[i].Dot) {
+			if j == i || !all[i].CoveredBy(all[j].Ctx) {
 				continue
 			}
 			if by < 0 || earlier(&all[j], &all[by]) {
