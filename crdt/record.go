@@ -61,6 +61,9 @@ func (rec *Record) Register(name string) *Register {
 	return &rec.Registers[i]
 }
 
+// Ensure returns the named register, adding an empty one if rec has none.
+func (rec *Record) Ensure(name string) *Register { return rec.registerFor(name) }
+
 func (rec *Record) registerFor(name string) *Register {
 	i, ok := slices.BinarySearchFunc(rec.Registers, name, func(r Register, n string) int { return strings.Compare(r.Name, n) })
 	if !ok {

@@ -141,6 +141,9 @@ func (r *Register) Add(v Version) bool {
 	return true
 }
 
+// HoldsSrc reports whether r holds a copy of source change src.
+func (r *Register) HoldsSrc(src string) bool { return r.findSrc(src) >= 0 }
+
 // findSrc returns the index of the version with Src src, or -1.
 func (r *Register) findSrc(src string) int {
 	for i := range r.Versions {

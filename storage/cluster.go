@@ -208,15 +208,64 @@ func (s *Store) stageMerge(st *batchState, o *op) {
 		return
 	}
 	rec.Merge(m.state)
-	rec.TakeDominated(func(register string, v crdt.Version) {
+	moved := func(register string, v crdt.Version) {
 		st.b.Set(historyKey(m.entity, m.id, register, v.Dot), crdt.AppendVersion(nil, &v), nil)
-	})
+		hk := string(historyPrefix(m.entity, m.id, register))
+		st.history[hk] = append(st.history[hk], v)
+	}
+	rec.TakeDominated(moved)
+	fail := func(err error) {
+		o.err = s.fail(fmt.Errorf("%w: merge snapshot of %s/%s: %v", ErrFailed, m.entity, m.id, err))
+		close(o.done)
+	}
 	for i := range m.history {
-		v := &m.history[i]
-		if r := rec.Register(m.registers[i]); r != nil && r.Has(v.Dot) {
+		v := m.history[i]
+		name := m.registers[i]
+		r := rec.Register(name)
+		if r != nil && r.Has(v.Dot) {
 			continue // live here: not superseded on this node
 		}
-		st.b.Set(historyKey(m.entity, m.id, m.registers[i], v.Dot), crdt.AppendVersion(nil, v), nil)
+		if v.Src != "" {
+			// A copy of a source change folds with the copies here, live
+			// or in history (sources.go).
+			if r != nil && r.HoldsSrc(v.Src) {
+				r.Add(v) // folds into the live copy (TakeDominated below)
+				continue
+			}
+			old, err := s.pastCopy(st, m.entity, m.id, name, v.Src)
+			if err != nil {
+				fail(err)
+				return
+			}
+			if old != nil {
+				if r == nil {
+					r = rec.Ensure(name)
+				}
+				f := r.FoldPast(*old, v)
+				if !f.Equal(old) {
+					s.putPast(st, m.entity, m.id, name, old.Dot, f)
+				}
+				continue
+			}
+		}
+		st.b.Set(historyKey(m.entity, m.id, name, v.Dot), crdt.AppendVersion(nil, &v), nil)
+		hk := string(historyPrefix(m.entity, m.id, name))
+		st.history[hk] = append(st.history[hk], v)
+	}
+	rec.TakeDominated(moved)
+	for i := range m.history {
+		if err := s.noteVersion(st, m.entity, m.id, &m.history[i]); err != nil {
+			fail(err)
+			return
+		}
+	}
+	for ri := range rec.Registers {
+		for vi := range rec.Registers[ri].Versions {
+			if err := s.noteVersion(st, m.entity, m.id, &rec.Registers[ri].Versions[vi]); err != nil {
+				fail(err)
+				return
+			}
+		}
 	}
 	st.records[key] = rec
 	st.advanced = true

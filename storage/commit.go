@@ -161,6 +161,11 @@ type batchState struct {
 	advanced bool
 	// history holds versions moved to history in this batch, by history prefix.
 	history map[string][]crdt.Version
+	// folded holds history versions rewritten by a fold in this batch, by
+	// history key (nil: deleted, the fold is kept under a lesser dot).
+	folded map[string]*crdt.Version
+	// sources holds source index entries read or written in this batch.
+	sources map[string]*sourceEntry
 }
 
 // committer stages batches; syncer waits for their fsync and answers. The
@@ -226,7 +231,8 @@ func (s *Store) committer() {
 
 func (s *Store) newBatch() *batchState {
 	return &batchState{b: s.db.NewBatch(), records: map[string]*crdt.Record{}, applied: map[string]uint64{},
-		truncated: map[string]uint64{}, history: map[string][]crdt.Version{}, start: time.Now()}
+		truncated: map[string]uint64{}, history: map[string][]crdt.Version{}, start: time.Now(),
+		folded: map[string]*crdt.Version{}, sources: map[string]*sourceEntry{}}
 }
 
 // drainClosed fails requests still queued at Close.
@@ -364,7 +370,27 @@ func (s *Store) stage(st *batchState, o *op) {
 		e = &crdt.Edit{Entity: entity, ID: id, Origin: o.origin, Writes: writes,
 			Dot: crdt.Dot{Node: s.cfg.NodeID, Seq: seq}, TS: s.sourceTime(o.at, o.historical)}
 	}
-	rec.Apply(e)
+	if src := e.Source(); src != "" {
+		// A copy of a source change folds into the version holding the
+		// others, in the record or in history (sources.go).
+		_, err := rec.ApplyStored(e, func(register, src string) (*crdt.Version, error) {
+			return s.pastCopy(st, entity, id, register, src)
+		}, func(register string, old crdt.Dot, v crdt.Version) {
+			s.putPast(st, entity, id, register, old, v)
+		})
+		if err == nil {
+			err = s.noteSource(st, entity, id, src, e.TS, e.Dot)
+		}
+		if err != nil {
+			// The staged record may hold part of the edit: nothing in
+			// this batch can be trusted.
+			o.err = s.fail(fmt.Errorf("%w: apply %s to %s/%s: %v", ErrFailed, e.Dot, entity, id, err))
+			close(o.done)
+			return
+		}
+	} else {
+		rec.Apply(e)
+	}
 	st.conflicts += countConflicts(rec, e)
 	rec.TakeDominated(func(register string, v crdt.Version) {
 		st.b.Set(historyKey(entity, id, register, v.Dot), crdt.AppendVersion(nil, &v), nil)
@@ -481,7 +507,24 @@ func (s *Store) stagedHistory(st *batchState, entity, id, register string) ([]cr
 	if err != nil {
 		return nil, err
 	}
-	return append(out, st.history[string(historyPrefix(entity, id, register))]...), nil
+	out = append(out, st.history[string(historyPrefix(entity, id, register))]...)
+	if len(st.folded) == 0 {
+		return out, nil
+	}
+	// Folds of this batch replace what they rewrote.
+	kept := out[:0]
+	for _, v := range out {
+		if _, ok := st.folded[string(historyKey(entity, id, register, v.Dot))]; !ok {
+			kept = append(kept, v)
+		}
+	}
+	prefix := string(historyPrefix(entity, id, register))
+	for k, v := range st.folded {
+		if v != nil && len(k) > len(prefix) && k[:len(prefix)] == prefix && string(historyKey(entity, id, register, v.Dot)) == k {
+			kept = append(kept, *v)
+		}
+	}
+	return kept, nil
 }
 
 // fail records the first error that stopped the store and returns it.

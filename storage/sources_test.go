@@ -1,0 +1,128 @@
+package storage_test
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+
+	"github.com/lattice-sync/lattice/crdt"
+	"github.com/lattice-sync/lattice/storage"
+)
+
+// recaptureEdits is the pg-recapture case as edits minted elsewhere: n1
+// and n2 each capture change L1 of crm (n2 taking over before n1's copy
+// reached it), n2's copy having seen x (an API edit n1's had not), and y
+// (billing, on n2) saw n2's copy. In every arrival order the store shows
+// the change once (one version, both dots), superseded by y, and x
+// superseded too (n2's copy saw it), across a reopen.
+func recaptureEdits() (c, w, x, y *crdt.Edit) {
+	ts := crdt.MakeTimestamp(t0, 0)
+	src := crdt.SourceRegister("crm")
+	x = &crdt.Edit{Entity: "contact", ID: "r", Dot: crdt.Dot{Node: "n3", Seq: 1}, TS: ts - 10, Origin: "api",
+		Writes: []crdt.Write{{Register: "name", Value: crdt.String("x")}}}
+	c = &crdt.Edit{Entity: "contact", ID: "r", Dot: crdt.Dot{Node: "n1", Seq: 1}, TS: ts, Origin: "postgres:crm",
+		Writes: []crdt.Write{{Register: src, Value: crdt.String("L1")}, {Register: "name", Value: crdt.String("v1")}}}
+	w = &crdt.Edit{Entity: "contact", ID: "r", Dot: crdt.Dot{Node: "n2", Seq: 1}, TS: ts, Origin: "postgres:crm",
+		Writes: []crdt.Write{{Register: src, Value: crdt.String("L1")}, {Register: "name", Value: crdt.String("v1"), Ctx: crdt.VV{{Node: "n3", Seq: 1}}}}}
+	y = &crdt.Edit{Entity: "contact", ID: "r", Dot: crdt.Dot{Node: "n4", Seq: 1}, TS: ts + 1, Origin: "postgres:billing",
+		Writes: []crdt.Write{{Register: "name", Value: crdt.String("v2"), Ctx: crdt.VV{{Node: "n2", Seq: 1}, {Node: "n3", Seq: 1}}}}}
+	return c, w, x, y
+}
+
+func TestRecaptureFoldsInStore(t *testing.T) {
+	c, w, x, y := recaptureEdits()
+	orders := [][]*crdt.Edit{{c, w, x, y}, {c, x, y, w}, {w, y, x, c}, {x, c, y, w}, {c, y, x, w}, {y, w, c, x}, {x, y, c, w}}
+	ctx := context.Background()
+	for _, order := range orders {
+		name := ""
+		for _, e := range order {
+			name += e.Dot.String() + ","
+		}
+		t.Run(name, func(t *testing.T) {
+			dir := t.TempDir()
+			s := openStore(t, dir, "n9", newPhysClock(t0))
+			for i, e := range order {
+				if _, err := s.ApplyRemote(ctx, e); err != nil {
+					t.Fatalf("apply %v: %v", e.Dot, err)
+				}
+				if i == len(order)-2 {
+					// Reopen before the last arrival: the fold must come
+					// from what was stored, not from memory.
+					s.Close()
+					s = openStore(t, dir, "n9", newPhysClock(t0))
+				}
+			}
+			check := func(s *storage.Store) {
+				t.Helper()
+				vs, err := s.Versions("contact", "r", "name")
+				if err != nil {
+					t.Fatal(err)
+				}
+				got := map[string][]crdt.Dot{}
+				for _, v := range vs {
+					got[v.Value.Str()] = append(got[v.Value.Str()], append([]crdt.Dot{v.Dot}, v.Also...)...)
+				}
+				want := map[string][]crdt.Dot{"x": {x.Dot}, "v1": {c.Dot, w.Dot}, "v2": {y.Dot}}
+				if fmt.Sprint(got) != fmt.Sprint(want) {
+					t.Fatalf("versions of name: %v, want %v (the change once, with both dots)", got, want)
+				}
+				rec, err := s.Get("contact", "r")
+				if err != nil {
+					t.Fatal(err)
+				}
+				reg := rec.Register("name")
+				if len(reg.Versions) != 1 || reg.Versions[0].Dot != y.Dot {
+					t.Fatalf("live versions of name: %+v, want y (%v) alone", reg.Versions, y.Dot)
+				}
+				srcVs, err := s.Versions("contact", "r", crdt.SourceRegister("crm"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if len(srcVs) != 1 || !slices.Equal(srcVs[0].Also, []crdt.Dot{w.Dot}) {
+					t.Fatalf("versions of the source register: %+v, want one, folded", srcVs)
+				}
+			}
+			check(s)
+			s.Close()
+			check(openStore(t, dir, "n9", newPhysClock(t0)))
+		})
+	}
+}
+
+// TestPruneSourceIndex: pruning drops the source index entry of a change
+// whose history was pruned and which no live version holds, and keeps the
+// entry of a change still live.
+func TestPruneSourceIndex(t *testing.T) {
+	ctx := context.Background()
+	s := openStore(t, t.TempDir(), "n9", newPhysClock(t0+5000))
+	ts := crdt.MakeTimestamp(t0, 0)
+	capture := func(dot crdt.Dot, pos, v string, ctxVV crdt.VV, at crdt.Timestamp) *crdt.Edit {
+		return &crdt.Edit{Entity: "contact", ID: "r", Dot: dot, TS: at, Origin: "postgres:crm", Writes: []crdt.Write{
+			{Register: crdt.SourceRegister("crm"), Value: crdt.String(pos), Ctx: ctxVV}, {Register: "name", Value: crdt.String(v), Ctx: ctxVV}}}
+	}
+	// L1 then L2 (which saw L1), both old; L3 (saw L2) recent and live.
+	e1 := capture(crdt.Dot{Node: "n1", Seq: 1}, "L1", "a", nil, ts)
+	e2 := capture(crdt.Dot{Node: "n1", Seq: 2}, "L2", "b", crdt.VV{{Node: "n1", Seq: 1}}, ts+1)
+	e3 := capture(crdt.Dot{Node: "n1", Seq: 3}, "L3", "c", crdt.VV{{Node: "n1", Seq: 2}}, crdt.MakeTimestamp(t0+5000, 0))
+	for _, e := range []*crdt.Edit{e1, e2, e3} {
+		if _, err := s.ApplyRemote(ctx, e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := storage.SourceEntries(s, "contact"); n != 3 {
+		t.Fatalf("%d source index entries, want 3 (one per captured change)", n)
+	}
+	if n, err := s.Prune("contact", crdt.MakeTimestamp(t0+1000, 0)); err != nil || n != 4 {
+		t.Fatalf("prune: %d, %v; want 4 (L1 and L2's versions of name and the source register)", n, err)
+	}
+	if n := storage.SourceEntries(s, "contact"); n != 1 {
+		t.Fatalf("%d source index entries after prune, want 1 (L3's, live)", n)
+	}
+	if n, err := s.Prune("contact", crdt.MakeTimestamp(t0+1_000_000, 0)); err != nil || n != 0 {
+		t.Fatalf("prune at a late horizon: %d, %v; want 0 (L3 is live)", n, err)
+	}
+	if n := storage.SourceEntries(s, "contact"); n != 1 {
+		t.Fatalf("%d source index entries after a late prune, want 1 (L3 is live)", n)
+	}
+}
