@@ -88,14 +88,19 @@ func vvToProto(v crdt.VV) *pb.VersionVector {
 }
 
 func versionToProto(v *crdt.Version) *pb.Version {
-	return &pb.Version{
+	out := &pb.Version{
 		Value:   valueToProto(v.Value),
 		Hlc:     uint64(v.TS),
 		Time:    timestamppb.New(v.TS.Time()),
 		Origin:  v.Origin,
 		Dot:     dotToProto(v.Dot),
 		Context: vvToProto(v.Ctx),
+		Source:  v.Src,
 	}
+	for _, d := range v.Also {
+		out.Also = append(out.Also, dotToProto(d))
+	}
+	return out
 }
 
 // EncodeContext renders a record context as the opaque token clients pass back.

@@ -189,7 +189,17 @@ func printHistory(w io.Writer, format string, resp *pb.HistoryResponse) error {
 			saw = append(saw, fmt.Sprintf("%s:%d", n, s))
 		}
 		sort.Strings(saw)
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t{%s}\t%s\n", hlcTime(v.GetHlc()), valueText(v.GetValue()), v.GetOrigin(), dotText(v.GetDot()), strings.Join(saw, " "), fateText(e))
+		edit := dotText(v.GetDot())
+		if also := v.GetAlso(); len(also) > 0 {
+			// One source change captured more than once (a connector's
+			// owner changed): one edit, all its dots.
+			ds := make([]string, len(also))
+			for i, d := range also {
+				ds[i] = dotText(d)
+			}
+			edit += " (also " + strings.Join(ds, " ") + ")"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t{%s}\t%s\n", hlcTime(v.GetHlc()), valueText(v.GetValue()), v.GetOrigin(), edit, strings.Join(saw, " "), fateText(e))
 	}
 	return tw.Flush()
 }

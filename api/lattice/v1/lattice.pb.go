@@ -428,8 +428,16 @@ type Version struct {
 	// dot identifies the write.
 	Dot *Dot `protobuf:"bytes,5,opt,name=dot,proto3" json:"dot,omitempty"`
 	// context is what the writer had seen when it wrote; every version whose
-	// dot it covers is superseded by this one.
-	Context       *VersionVector `protobuf:"bytes,6,opt,name=context,proto3" json:"context,omitempty"`
+	// dot (or one of whose also dots) it covers is superseded by this one.
+	Context *VersionVector `protobuf:"bytes,6,opt,name=context,proto3" json:"context,omitempty"`
+	// also lists the dots of other captures of the same source change (a
+	// connector's new owner captured it again before the last owner's copy
+	// reached it): they are this one edit, counted once, and seeing any of
+	// them is seeing it. Empty for every other version.
+	Also []*Dot `protobuf:"bytes,7,rep,name=also,proto3" json:"also,omitempty"`
+	// source names the source change a connector captured this edit from
+	// ("_src:<connector>=<position>"); empty for edits made through the API.
+	Source        string `protobuf:"bytes,8,opt,name=source,proto3" json:"source,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -504,6 +512,20 @@ func (x *Version) GetContext() *VersionVector {
 		return x.Context
 	}
 	return nil
+}
+
+func (x *Version) GetAlso() []*Dot {
+	if x != nil {
+		return x.Also
+	}
+	return nil
+}
+
+func (x *Version) GetSource() string {
+	if x != nil {
+		return x.Source
+	}
+	return ""
 }
 
 // FieldState is the current state of one field of a record.
@@ -3377,14 +3399,16 @@ const file_lattice_v1_lattice_proto_rawDesc = "" +
 	"\aentries\x18\x01 \x03(\v2&.lattice.v1.VersionVector.EntriesEntryR\aentries\x1a:\n" +
 	"\fEntriesEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xe4\x01\n" +
+	"\x05value\x18\x02 \x01(\x04R\x05value:\x028\x01\"\xa1\x02\n" +
 	"\aVersion\x12'\n" +
 	"\x05value\x18\x01 \x01(\v2\x11.lattice.v1.ValueR\x05value\x12\x10\n" +
 	"\x03hlc\x18\x02 \x01(\x04R\x03hlc\x12.\n" +
 	"\x04time\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x12\x16\n" +
 	"\x06origin\x18\x04 \x01(\tR\x06origin\x12!\n" +
 	"\x03dot\x18\x05 \x01(\v2\x0f.lattice.v1.DotR\x03dot\x123\n" +
-	"\acontext\x18\x06 \x01(\v2\x19.lattice.v1.VersionVectorR\acontext\"\xc1\x01\n" +
+	"\acontext\x18\x06 \x01(\v2\x19.lattice.v1.VersionVectorR\acontext\x12#\n" +
+	"\x04also\x18\a \x03(\v2\x0f.lattice.v1.DotR\x04also\x12\x16\n" +
+	"\x06source\x18\b \x01(\tR\x06source\"\xc1\x01\n" +
 	"\n" +
 	"FieldState\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12'\n" +
@@ -3706,85 +3730,86 @@ var file_lattice_v1_lattice_proto_depIdxs = []int32{
 	47, // 4: lattice.v1.Version.time:type_name -> google.protobuf.Timestamp
 	2,  // 5: lattice.v1.Version.dot:type_name -> lattice.v1.Dot
 	3,  // 6: lattice.v1.Version.context:type_name -> lattice.v1.VersionVector
-	1,  // 7: lattice.v1.FieldState.value:type_name -> lattice.v1.Value
-	4,  // 8: lattice.v1.FieldState.live:type_name -> lattice.v1.Version
-	1,  // 9: lattice.v1.FieldState.siblings:type_name -> lattice.v1.Value
-	5,  // 10: lattice.v1.Record.fields:type_name -> lattice.v1.FieldState
-	6,  // 11: lattice.v1.BatchGetResponse.records:type_name -> lattice.v1.Record
-	6,  // 12: lattice.v1.ListResponse.records:type_name -> lattice.v1.Record
-	45, // 13: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
-	2,  // 14: lattice.v1.PutResponse.dot:type_name -> lattice.v1.Dot
-	6,  // 15: lattice.v1.PutResponse.record:type_name -> lattice.v1.Record
-	1,  // 16: lattice.v1.ResolveRequest.value:type_name -> lattice.v1.Value
-	18, // 17: lattice.v1.HistoryResponse.entries:type_name -> lattice.v1.HistoryEntry
-	4,  // 18: lattice.v1.HistoryEntry.version:type_name -> lattice.v1.Version
-	0,  // 19: lattice.v1.HistoryEntry.fate:type_name -> lattice.v1.Fate
-	2,  // 20: lattice.v1.HistoryEntry.by:type_name -> lattice.v1.Dot
-	6,  // 21: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
-	47, // 22: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
-	24, // 23: lattice.v1.DeadLettersResponse.entries:type_name -> lattice.v1.DeadLetter
-	28, // 24: lattice.v1.ConnectorStatusResponse.connectors:type_name -> lattice.v1.ConnectorStatus
-	40, // 25: lattice.v1.ConnectorStatus.placement:type_name -> lattice.v1.ConnectorPlacement
-	29, // 26: lattice.v1.ConnectorStatus.runtime:type_name -> lattice.v1.ConnectorRuntime
-	47, // 27: lattice.v1.ConnectorRuntime.since:type_name -> google.protobuf.Timestamp
-	47, // 28: lattice.v1.ConnectorRuntime.last_exit_at:type_name -> google.protobuf.Timestamp
-	47, // 29: lattice.v1.ConnectorRuntime.next_retry:type_name -> google.protobuf.Timestamp
-	30, // 30: lattice.v1.ConnectorRuntime.report:type_name -> lattice.v1.ConnectorReport
-	3,  // 31: lattice.v1.ConnectorReport.projection_cursor:type_name -> lattice.v1.VersionVector
-	47, // 32: lattice.v1.ConnectorReport.last_capture:type_name -> google.protobuf.Timestamp
-	47, // 33: lattice.v1.ConnectorReport.last_projection:type_name -> google.protobuf.Timestamp
-	47, // 34: lattice.v1.ConnectorReport.last_error_at:type_name -> google.protobuf.Timestamp
-	47, // 35: lattice.v1.ConnectorReport.started_at:type_name -> google.protobuf.Timestamp
-	31, // 36: lattice.v1.ConnectorReport.rate_limits:type_name -> lattice.v1.RateLimitPool
-	3,  // 37: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
-	3,  // 38: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
-	40, // 39: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
-	43, // 40: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
-	3,  // 41: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
-	1,  // 42: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
-	7,  // 43: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
-	8,  // 44: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
-	10, // 45: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
-	12, // 46: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
-	14, // 47: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
-	15, // 48: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
-	16, // 49: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
-	19, // 50: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
-	38, // 51: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
-	41, // 52: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
-	32, // 53: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
-	34, // 54: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
-	36, // 55: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
-	22, // 56: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
-	23, // 57: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
-	23, // 58: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
-	21, // 59: lattice.v1.Cluster.PauseConnector:input_type -> lattice.v1.ConnectorRequest
-	21, // 60: lattice.v1.Cluster.ResumeConnector:input_type -> lattice.v1.ConnectorRequest
-	26, // 61: lattice.v1.Cluster.ConnectorStatus:input_type -> lattice.v1.ConnectorStatusRequest
-	6,  // 62: lattice.v1.Records.Get:output_type -> lattice.v1.Record
-	9,  // 63: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
-	11, // 64: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
-	13, // 65: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
-	13, // 66: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
-	13, // 67: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
-	17, // 68: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
-	20, // 69: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
-	39, // 70: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
-	42, // 71: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
-	33, // 72: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
-	35, // 73: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
-	37, // 74: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
-	25, // 75: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	25, // 76: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	25, // 77: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
-	40, // 78: lattice.v1.Cluster.PauseConnector:output_type -> lattice.v1.ConnectorPlacement
-	40, // 79: lattice.v1.Cluster.ResumeConnector:output_type -> lattice.v1.ConnectorPlacement
-	27, // 80: lattice.v1.Cluster.ConnectorStatus:output_type -> lattice.v1.ConnectorStatusResponse
-	62, // [62:81] is the sub-list for method output_type
-	43, // [43:62] is the sub-list for method input_type
-	43, // [43:43] is the sub-list for extension type_name
-	43, // [43:43] is the sub-list for extension extendee
-	0,  // [0:43] is the sub-list for field type_name
+	2,  // 7: lattice.v1.Version.also:type_name -> lattice.v1.Dot
+	1,  // 8: lattice.v1.FieldState.value:type_name -> lattice.v1.Value
+	4,  // 9: lattice.v1.FieldState.live:type_name -> lattice.v1.Version
+	1,  // 10: lattice.v1.FieldState.siblings:type_name -> lattice.v1.Value
+	5,  // 11: lattice.v1.Record.fields:type_name -> lattice.v1.FieldState
+	6,  // 12: lattice.v1.BatchGetResponse.records:type_name -> lattice.v1.Record
+	6,  // 13: lattice.v1.ListResponse.records:type_name -> lattice.v1.Record
+	45, // 14: lattice.v1.PutRequest.fields:type_name -> lattice.v1.PutRequest.FieldsEntry
+	2,  // 15: lattice.v1.PutResponse.dot:type_name -> lattice.v1.Dot
+	6,  // 16: lattice.v1.PutResponse.record:type_name -> lattice.v1.Record
+	1,  // 17: lattice.v1.ResolveRequest.value:type_name -> lattice.v1.Value
+	18, // 18: lattice.v1.HistoryResponse.entries:type_name -> lattice.v1.HistoryEntry
+	4,  // 19: lattice.v1.HistoryEntry.version:type_name -> lattice.v1.Version
+	0,  // 20: lattice.v1.HistoryEntry.fate:type_name -> lattice.v1.Fate
+	2,  // 21: lattice.v1.HistoryEntry.by:type_name -> lattice.v1.Dot
+	6,  // 22: lattice.v1.WatchEvent.record:type_name -> lattice.v1.Record
+	47, // 23: lattice.v1.DeadLetter.at:type_name -> google.protobuf.Timestamp
+	24, // 24: lattice.v1.DeadLettersResponse.entries:type_name -> lattice.v1.DeadLetter
+	28, // 25: lattice.v1.ConnectorStatusResponse.connectors:type_name -> lattice.v1.ConnectorStatus
+	40, // 26: lattice.v1.ConnectorStatus.placement:type_name -> lattice.v1.ConnectorPlacement
+	29, // 27: lattice.v1.ConnectorStatus.runtime:type_name -> lattice.v1.ConnectorRuntime
+	47, // 28: lattice.v1.ConnectorRuntime.since:type_name -> google.protobuf.Timestamp
+	47, // 29: lattice.v1.ConnectorRuntime.last_exit_at:type_name -> google.protobuf.Timestamp
+	47, // 30: lattice.v1.ConnectorRuntime.next_retry:type_name -> google.protobuf.Timestamp
+	30, // 31: lattice.v1.ConnectorRuntime.report:type_name -> lattice.v1.ConnectorReport
+	3,  // 32: lattice.v1.ConnectorReport.projection_cursor:type_name -> lattice.v1.VersionVector
+	47, // 33: lattice.v1.ConnectorReport.last_capture:type_name -> google.protobuf.Timestamp
+	47, // 34: lattice.v1.ConnectorReport.last_projection:type_name -> google.protobuf.Timestamp
+	47, // 35: lattice.v1.ConnectorReport.last_error_at:type_name -> google.protobuf.Timestamp
+	47, // 36: lattice.v1.ConnectorReport.started_at:type_name -> google.protobuf.Timestamp
+	31, // 37: lattice.v1.ConnectorReport.rate_limits:type_name -> lattice.v1.RateLimitPool
+	3,  // 38: lattice.v1.StatusResponse.applied:type_name -> lattice.v1.VersionVector
+	3,  // 39: lattice.v1.StatusResponse.truncated:type_name -> lattice.v1.VersionVector
+	40, // 40: lattice.v1.StatusResponse.connectors:type_name -> lattice.v1.ConnectorPlacement
+	43, // 41: lattice.v1.MembersResponse.members:type_name -> lattice.v1.Member
+	3,  // 42: lattice.v1.Member.applied:type_name -> lattice.v1.VersionVector
+	1,  // 43: lattice.v1.PutRequest.FieldsEntry.value:type_name -> lattice.v1.Value
+	7,  // 44: lattice.v1.Records.Get:input_type -> lattice.v1.GetRequest
+	8,  // 45: lattice.v1.Records.BatchGet:input_type -> lattice.v1.BatchGetRequest
+	10, // 46: lattice.v1.Records.List:input_type -> lattice.v1.ListRequest
+	12, // 47: lattice.v1.Records.Put:input_type -> lattice.v1.PutRequest
+	14, // 48: lattice.v1.Records.Delete:input_type -> lattice.v1.DeleteRequest
+	15, // 49: lattice.v1.Records.Resolve:input_type -> lattice.v1.ResolveRequest
+	16, // 50: lattice.v1.Records.History:input_type -> lattice.v1.HistoryRequest
+	19, // 51: lattice.v1.Records.Watch:input_type -> lattice.v1.WatchRequest
+	38, // 52: lattice.v1.Cluster.Status:input_type -> lattice.v1.StatusRequest
+	41, // 53: lattice.v1.Cluster.Members:input_type -> lattice.v1.MembersRequest
+	32, // 54: lattice.v1.Cluster.ApplyConfig:input_type -> lattice.v1.ApplyConfigRequest
+	34, // 55: lattice.v1.Cluster.RemoveMember:input_type -> lattice.v1.RemoveMemberRequest
+	36, // 56: lattice.v1.Cluster.Leave:input_type -> lattice.v1.LeaveRequest
+	22, // 57: lattice.v1.Cluster.DeadLetters:input_type -> lattice.v1.DeadLettersRequest
+	23, // 58: lattice.v1.Cluster.ReplayDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	23, // 59: lattice.v1.Cluster.DiscardDeadLetters:input_type -> lattice.v1.DeadLetterIDs
+	21, // 60: lattice.v1.Cluster.PauseConnector:input_type -> lattice.v1.ConnectorRequest
+	21, // 61: lattice.v1.Cluster.ResumeConnector:input_type -> lattice.v1.ConnectorRequest
+	26, // 62: lattice.v1.Cluster.ConnectorStatus:input_type -> lattice.v1.ConnectorStatusRequest
+	6,  // 63: lattice.v1.Records.Get:output_type -> lattice.v1.Record
+	9,  // 64: lattice.v1.Records.BatchGet:output_type -> lattice.v1.BatchGetResponse
+	11, // 65: lattice.v1.Records.List:output_type -> lattice.v1.ListResponse
+	13, // 66: lattice.v1.Records.Put:output_type -> lattice.v1.PutResponse
+	13, // 67: lattice.v1.Records.Delete:output_type -> lattice.v1.PutResponse
+	13, // 68: lattice.v1.Records.Resolve:output_type -> lattice.v1.PutResponse
+	17, // 69: lattice.v1.Records.History:output_type -> lattice.v1.HistoryResponse
+	20, // 70: lattice.v1.Records.Watch:output_type -> lattice.v1.WatchEvent
+	39, // 71: lattice.v1.Cluster.Status:output_type -> lattice.v1.StatusResponse
+	42, // 72: lattice.v1.Cluster.Members:output_type -> lattice.v1.MembersResponse
+	33, // 73: lattice.v1.Cluster.ApplyConfig:output_type -> lattice.v1.ApplyConfigResponse
+	35, // 74: lattice.v1.Cluster.RemoveMember:output_type -> lattice.v1.RemoveMemberResponse
+	37, // 75: lattice.v1.Cluster.Leave:output_type -> lattice.v1.LeaveResponse
+	25, // 76: lattice.v1.Cluster.DeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	25, // 77: lattice.v1.Cluster.ReplayDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	25, // 78: lattice.v1.Cluster.DiscardDeadLetters:output_type -> lattice.v1.DeadLettersResponse
+	40, // 79: lattice.v1.Cluster.PauseConnector:output_type -> lattice.v1.ConnectorPlacement
+	40, // 80: lattice.v1.Cluster.ResumeConnector:output_type -> lattice.v1.ConnectorPlacement
+	27, // 81: lattice.v1.Cluster.ConnectorStatus:output_type -> lattice.v1.ConnectorStatusResponse
+	63, // [63:82] is the sub-list for method output_type
+	44, // [44:63] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_lattice_v1_lattice_proto_init() }
