@@ -633,6 +633,9 @@ func ownContext(rec *crdt.Record, origin string) crdt.VV {
 		for _, v := range rec.Registers[i].Versions {
 			if v.Origin == origin {
 				vv = vv.WithDot(v.Dot).Join(v.Ctx)
+				for _, d := range v.Also { // other captures of the same change
+					vv = vv.WithDot(d)
+				}
 			}
 		}
 	}

@@ -262,9 +262,29 @@ type version struct {
 	Ctx    map[string]uint64
 	Fate   pb.Fate
 	By     history.Dot
+	// Source names the source change a connector captured the version
+	// from; Also are the dots of other captures of that change, which
+	// lattice counts as this one edit.
+	Source string
+	Also   []history.Dot
 }
 
 func (v *version) covers(d history.Dot) bool { return covers(v.Ctx, d) }
+
+// sees reports whether v's writer had seen w: v's context covers w's dot,
+// or the dot of another capture of w's change (seeing one capture of a
+// change is seeing the change).
+func (v *version) sees(w *version) bool {
+	if v.covers(w.Dot) {
+		return true
+	}
+	for _, d := range w.Also {
+		if v.covers(d) {
+			return true
+		}
+	}
+	return false
+}
 
 func covers(vv map[string]uint64, d history.Dot) bool { return d.Seq > 0 && vv[d.Node] >= d.Seq }
 
@@ -290,8 +310,12 @@ func versionsOf(h *pb.HistoryResponse) []version {
 	out := make([]version, 0, len(h.GetEntries()))
 	for _, e := range h.GetEntries() {
 		v := e.GetVersion()
-		out = append(out, version{Value: valueString(v.GetValue()), HLC: v.GetHlc(), Origin: v.GetOrigin(),
-			Dot: dotOf(v.GetDot()), Ctx: v.GetContext().GetEntries(), Fate: e.GetFate(), By: dotOf(e.GetBy())})
+		ver := version{Value: valueString(v.GetValue()), HLC: v.GetHlc(), Origin: v.GetOrigin(),
+			Dot: dotOf(v.GetDot()), Ctx: v.GetContext().GetEntries(), Fate: e.GetFate(), By: dotOf(e.GetBy()), Source: v.GetSource()}
+		for _, d := range v.GetAlso() {
+			ver.Also = append(ver.Also, dotOf(d))
+		}
+		out = append(out, ver)
 	}
 	return out
 }

@@ -23,6 +23,8 @@ type hv struct {
 	d      history.Dot
 	ctx    map[string]uint64
 	origin string
+	src    string        // source change (captured versions)
+	also   []history.Dot // other captures of src folded into this version
 }
 
 // state builds the Final of one key on every node from register versions,
@@ -44,7 +46,7 @@ func stateOf(s Schema, nodes []string, key string, regs map[string][]hv) *Final 
 				if o == "" {
 					o = "api"
 				}
-				vs = append(vs, version{Value: x.val, HLC: x.hlc, Origin: o, Dot: x.d, Ctx: x.ctx})
+				vs = append(vs, version{Value: x.val, HLC: x.hlc, Origin: o, Dot: x.d, Ctx: x.ctx, Source: x.src, Also: x.also})
 			}
 			fl := s.Field(name)
 			fs := fates(fl, vs)
@@ -101,8 +103,12 @@ func pbVersion(v version) *pb.Version {
 	case "true", "false":
 		val = &pb.Value{Kind: &pb.Value_BoolValue{BoolValue: v.Value == "true"}}
 	}
-	return &pb.Version{Value: val, Hlc: v.HLC, Origin: v.Origin, Dot: &pb.Dot{Node: v.Dot.Node, Seq: v.Dot.Seq},
-		Context: &pb.VersionVector{Entries: v.Ctx}}
+	out := &pb.Version{Value: val, Hlc: v.HLC, Origin: v.Origin, Dot: &pb.Dot{Node: v.Dot.Node, Seq: v.Dot.Seq},
+		Context: &pb.VersionVector{Entries: v.Ctx}, Source: v.Source}
+	for _, d := range v.Also {
+		out.Also = append(out.Also, &pb.Dot{Node: d.Node, Seq: d.Seq})
+	}
+	return out
 }
 
 // ops builds a history from invoke/complete pairs at the given milliseconds.

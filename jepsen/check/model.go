@@ -10,7 +10,9 @@ import (
 // The model: an independent statement of DESIGN.md's merge rules over the
 // versions of one register, written from the prose, not from crdt/:
 //
-//   - v is dominated when another version's context covers v's dot;
+//   - v is dominated when another version's context covers v's dot, or
+//     one of v's also dots (another capture of v's source change: seeing
+//     one capture of a change is seeing the change);
 //   - the live versions are those not dominated;
 //   - the pick among live versions is the greatest (hlc, origin, dot) for
 //     lww and mvr, the greatest (rank(origin), hlc, origin, dot) for
@@ -24,7 +26,7 @@ func liveSet(vs []version) []bool {
 	for i := range vs {
 		out[i] = true
 		for j := range vs {
-			if i != j && vs[j].covers(vs[i].Dot) {
+			if i != j && vs[j].sees(&vs[i]) {
 				out[i] = false
 				break
 			}
@@ -87,7 +89,7 @@ func fates(f Field, vs []version) []verdict {
 	for i := range vs {
 		by := -1
 		for j := range vs {
-			if j != i && vs[j].covers(vs[i].Dot) && (by < 0 || greater(&vs[by], &vs[j])) {
+			if j != i && vs[j].sees(&vs[i]) && (by < 0 || greater(&vs[by], &vs[j])) {
 				by = j
 			}
 		}

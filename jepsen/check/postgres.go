@@ -398,14 +398,29 @@ func pgDeletes(r *result, in *Input, pg *PGInput, writes map[int64]*history.Pair
 // pgRecaptured: each value is in a field's history once (every value is
 // written once; a second version with it is a change the connector
 // captured again, with a new dot: not effectively-once, DESIGN.md
-// "Delivery").
+// "Delivery"), and so is each source change. Captures of one change by
+// two owners of a connector must be one version (the others' dots in its
+// also list).
 func pgRecaptured(r *result, in *Input, pg *PGInput, bug func(string, ...any)) {
 	dups := 0
 	for _, node := range in.Nodes {
 		for _, key := range pg.Final.Keys {
 			for _, f := range pg.Schema.FieldNames() {
 				first := map[string]history.Dot{}
+				bySource := map[string]history.Dot{}
 				for _, v := range pg.Final.versions(node, key, f) {
+					if len(v.Also) > 0 && v.Source == "" {
+						r.violate("%s.%s on %s: %s lists other captures %v but names no source change", key, f, node, v.Dot, v.Also)
+					}
+					if v.Source != "" {
+						if d, seen := bySource[v.Source]; seen {
+							dups++
+							bug("%s.%s on %s: %s and %s both capture source change %s: two versions of one change",
+								key, f, node, d, v.Dot, v.Source)
+							continue
+						}
+						bySource[v.Source] = v.Dot
+					}
 					d, seen := first[v.Value]
 					if !seen {
 						first[v.Value] = v.Dot
@@ -444,7 +459,7 @@ func pgCausality(r *result, in *Input, pg *PGInput, writes map[int64]*history.Pa
 			if w == nil || v == nil {
 				continue // reported by pgAcked
 			}
-			if v.covers(w.Dot) {
+			if v.sees(w) {
 				r.violate("%s.%s: %s = %s (%s) claims to have seen %s (%s), written by #%d in %s after reading it",
 					p.Invoke.Key, f, v.Dot, v.Value, v.Origin, w.Dot, w.Value, id, p.Invoke.DB)
 			}
@@ -453,7 +468,7 @@ func pgCausality(r *result, in *Input, pg *PGInput, writes map[int64]*history.Pa
 			// Every version holding the value read (more than one when a
 			// change was captured again) must not beat the update.
 			for i := range vs {
-				if vs[i].Value != seen || &vs[i] == v || w.covers(vs[i].Dot) {
+				if vs[i].Value != seen || &vs[i] == v || w.sees(&vs[i]) {
 					continue
 				}
 				if live[i] && live[wi] && beats(field, &vs[i], w) {
@@ -461,7 +476,7 @@ func pgCausality(r *result, in *Input, pg *PGInput, writes map[int64]*history.Pa
 						p.Invoke.Key, f, id, p.Invoke.DB, seen, w.Value, w.Dot, vs[i].Dot, seen)
 				}
 			}
-			if w.covers(v.Dot) {
+			if w.sees(v) {
 				superseded++
 				continue
 			}

@@ -185,6 +185,32 @@ func TestPostgresCheckerDelete(t *testing.T) {
 	}
 }
 
+// A change captured by two owners, folded by lattice into one version
+// (its other capture in also): counted once, and billing's update, which
+// saw the other capture only, supersedes it. Unfolded, the two captures of
+// one source change are a violation.
+func TestPostgresCheckerFoldedCapture(t *testing.T) {
+	c := pgBase()
+	c.name[0].src, c.name[0].also = "_src:crm=L1", []history.Dot{dot("n3", 4)}
+	c.name[1].ctx = map[string]uint64{"n3": 4} // billing saw n3's capture
+	res := Postgres{}.Check(c.input())
+	if !res.Valid || res.Stats["captured_again"] != 0 {
+		t.Fatalf("folded capture: valid=%v violations %v stats %v", res.Valid, res.Violations, res.Stats)
+	}
+
+	c = pgBase()
+	c.name[0].src = "_src:crm=L1"
+	c.name = append(c.name, hv{val: c.name[0].val + "'", hlc: 10, d: dot("n3", 4), origin: "postgres:crm", src: "_src:crm=L1"})
+	res = Postgres{}.Check(c.input())
+	found := false
+	for _, v := range res.Violations {
+		found = found || strings.Contains(v, "both capture source change _src:crm=L1")
+	}
+	if !found {
+		t.Fatalf("two versions of one source change: want a violation, got %v", res.Violations)
+	}
+}
+
 // A change captured twice (the known bug pg-recapture): the value is in
 // the history twice, and the second copy, newer than the update that had
 // read the first, beats it. Tolerated, both are notes.
