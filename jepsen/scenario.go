@@ -40,7 +40,7 @@ var Scenarios = []Scenario{
 	},
 	{
 		Name:  "pg-recapture/restart",
-		Bug:   "pg-recapture",
+		Bug:   "",
 		Found: "PostgreSQL workload with deletes, pg-restart of crm 2 s in: the crm connector resumed from its last checkpoint (0/194C388) and captured the changes after it a second time, as new edits (values twice in history, deletions counted twice); again after pg-down. Since the final checkpoint at stop, the restarts no longer do it (33 violations became 3: the kill of billing's owner)",
 		Test:  "connectors/postgres TestStopRecordsCapturePosition",
 		Config: func(c *Config) {
@@ -49,11 +49,20 @@ var Scenarios = []Scenario{
 	},
 	{
 		Name:  "pg-recapture/cut-off-owner",
-		Bug:   "pg-recapture",
-		Found: "both workloads, every fault, after both fixes: billing's owner n2 cut off (one-way, 27-33 s) kept capturing; n1 took billing over and captured again what n2 had captured meanwhile (480 violations)",
-		Test:  "",
+		Bug:   "",
+		Found: "both workloads, every fault, after both fixes: billing's owner n2 cut off (one-way, 27-33 s) kept capturing; n1 took billing over and captured again what n2 had captured meanwhile (480 violations). The owner lease stops a cut-off owner; captures of one change fold into one version",
+		Test:  "cluster TestCutOffOwnerStopsConnectors, crdt TestRecaptureIsOneEdit",
 		Config: func(c *Config) {
 			c.Seed, c.Faults, c.Workloads, c.Duration = 5000, "all", "api,postgres", 60*time.Second
+		},
+	},
+	{
+		Name:  "pg-recapture/isolated-owner",
+		Bug:   "",
+		Found: "both workloads, every fault, with the owner lease: crm's owner n1 isolated 2-10.5 s; n3 took crm over and captured again what n1 had captured within its lease and not yet replicated (294 violations, 282 changes twice in history). Captures of one source change now fold into one version wherever they meet (0 violations)",
+		Test:  "crdt TestRecaptureIsOneEdit, storage TestRecaptureFoldsInStore",
+		Config: func(c *Config) {
+			c.Seed, c.Faults, c.Workloads, c.Duration = 5008, "all", "api,postgres", 60*time.Second
 		},
 	},
 	{

@@ -141,9 +141,7 @@ type Input struct {
 // KnownBugs are bugs the harness found in lattice that are not fixed yet,
 // by name, with what they look like (see jepsen/README.md). A checker
 // reports a violation of one as a violation, unless Input.Tolerate names it.
-var KnownBugs = map[string]string{
-	"pg-recapture": "a PostgreSQL connector that takes over before the previous owner's captures reached it (the owner cut off by a partition, or killed with captures not yet replicated) captures those changes again, as new edits with new dots and timestamps: a value twice in a field's history (\"captured again\"), a deletion counted twice, and a re-captured old value that can beat a newer edit of the other database (restarts and resumes behind the record's source position are fixed)",
-}
+var KnownBugs = map[string]string{}
 
 func (in *Input) tolerates(bug string) bool {
 	for _, b := range in.Tolerate {
