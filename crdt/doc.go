@@ -10,7 +10,8 @@
 // Every edit has a dot (node, seq), unique cluster-wide, and carries per
 // register a context: a version vector of what its writer had seen of that
 // register. A version is dominated when another version's context covers its
-// dot; dominated versions never win, whatever their timestamps. Contexts are
+// dot (or the dot of a copy folded into it, below); dominated versions never
+// win, whatever their timestamps. Contexts are
 // closed when an edit is accepted (Register.CloseContext): a writer that saw
 // w also saw everything w saw, so dominance is transitive and a dominated
 // version stays dominated when its dominator is itself superseded.
@@ -20,10 +21,18 @@
 // has not yet received what it read produces a conflict (visible, resolved
 // by policy), not a silent overwrite.
 //
+// # One change, one edit
+//
+// Edits that capture the same source change (Edit.Source: a connector that
+// changed owner captured it twice) fold into one version per register
+// (Fold): the least dot, the others in Also, the join of the contexts.
+// History shows the change once, and an edit that saw any copy supersedes
+// it. DESIGN.md, "Copies of one captured change".
+//
 // # Determinism
 //
-// A register is a set of versions keyed by dot. Merge is set union:
-// commutative, associative and idempotent. The live set, the resolved value
+// A register is a set of versions keyed by dot. Merge is set union (with
+// copies of one change folded): commutative, associative and idempotent. The live set, the resolved value
 // (Register.Resolve), and every version's fate (Fates) are functions of the
 // set alone, so every node that holds the same versions answers the same,
 // byte for byte (the encodings are deterministic).

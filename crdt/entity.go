@@ -207,7 +207,7 @@ func (e *Entity) PrepareResolve(rec *Record, field string, value *Value, ec Edit
 			return nil, err
 		}
 		for i := range reg.Versions {
-			if !reg.Dominated(i) && !ctx.Covers(reg.Versions[i].Dot) {
+			if !reg.Dominated(i) && !reg.Versions[i].CoveredBy(ctx) {
 				return nil, fmt.Errorf("%w: version %s of field %q arrived after your read; read the record again", ErrStaleContext, reg.Versions[i].Dot, field)
 			}
 		}
@@ -278,7 +278,7 @@ func (e *Entity) seenTuple(rec *Record, g *Group, ec EditContext) ([]Value, erro
 	seen := Register{Name: g.Name}
 	if reg := rec.Register(g.Name); reg != nil {
 		for _, v := range reg.Versions {
-			if ctx.Covers(v.Dot) {
+			if v.CoveredBy(ctx) {
 				seen.Add(v)
 			}
 		}
@@ -289,7 +289,7 @@ func (e *Entity) seenTuple(rec *Record, g *Group, ec EditContext) ([]Value, erro
 			return nil, fmt.Errorf("read history of %q: %w", g.Name, err)
 		}
 		for _, v := range hist {
-			if ctx.Covers(v.Dot) {
+			if v.CoveredBy(ctx) {
 				seen.Add(v)
 			}
 		}
