@@ -307,18 +307,51 @@ func (s *sim) apply(n *simNode, e *Edit) {
 // the others move to hist, and a copy of a source change held in hist
 // folds into it there (Record.ApplyStored).
 func storeApply(rec *Record, hist map[string][]Version, e *Edit) {
+	lookup := rec.MayHoldCopy(e.Source())
 	past := func(register, src string) (*Version, error) {
+		if !lookup {
+			return nil, nil // as the store: no capture of src can be in history
+		}
+		// As the store: the capture's version of the source register (live,
+		// or in history, found by position) names the dots under which the
+		// capture's other versions are kept.
+		srcReg, _, _ := strings.Cut(src, "=")
+		var capture *Version
+		if r := rec.Register(srcReg); r != nil {
+			for i := range r.Versions {
+				if r.Versions[i].Src == src {
+					capture = &r.Versions[i]
+				}
+			}
+		}
+		for i := range hist[srcReg] {
+			if capture == nil && hist[srcReg][i].Src == src {
+				capture = &hist[srcReg][i]
+			}
+		}
+		if capture == nil {
+			return nil, nil
+		}
+		if register == srcReg {
+			if rec.Register(srcReg).HoldsSrc(src) {
+				return nil, nil // live: ApplyStored folds it there
+			}
+			v := *capture
+			return &v, nil
+		}
 		for i := range hist[register] {
-			if hist[register][i].Src == src {
-				v := hist[register][i]
+			if v := hist[register][i]; capture.Has(v.Dot) {
+				if v.Src != src {
+					panic(fmt.Sprintf("history version %v of %q holds %q, not %q", v.Dot, register, v.Src, src))
+				}
 				return &v, nil
 			}
 		}
 		return nil, nil
 	}
-	put := func(register string, old Dot, v Version) {
+	put := func(register string, old *Version, v Version) {
 		for i := range hist[register] {
-			if hist[register][i].Dot == old {
+			if hist[register][i].Dot == old.Dot {
 				hist[register][i] = v
 				return
 			}

@@ -79,20 +79,47 @@ func (rec *Record) Apply(e *Edit) bool {
 	return changed
 }
 
+// MayHoldCopy reports whether rec may hold (live or, in a store, in
+// history) a capture of source change src (Edit.Source). A connector
+// captures the changes of a row in position order and never one at or
+// before a position the record shows, and only its captures write its
+// source register, so once a capture of src reached rec the register's
+// live versions hold src's position or a later one (a capture that
+// superseded it saw it, so came later). A register showing only earlier
+// positions of the same kind rules a copy out: a store need not look in
+// history, the common case of a change captured once.
+func (rec *Record) MayHoldCopy(src string) bool {
+	register, pos, ok := strings.Cut(src, "=")
+	if !ok || pos == "" {
+		return true
+	}
+	reg := rec.Register(register)
+	if reg == nil {
+		return false
+	}
+	for i := range reg.Versions {
+		// Superseded versions count too: cheaper than judging, and safe.
+		have := reg.Versions[i].Value.Str()
+		if len(have) != len(pos) || have[0] != pos[0] || have >= pos {
+			return true
+		}
+	}
+	return false
+}
+
 // ApplyStored is Apply for a store that keeps only the live versions in rec
 // and moved the superseded ones to history. When the edit captured a source
 // change (Edit.Source) that a version in history already holds a copy of,
 // past returns that version (nil when there is none) and the edit's version
-// folds into it there: put receives the folded version and the dot the old
-// one was kept under. A nil past means rec is a full set.
-func (rec *Record) ApplyStored(e *Edit, past func(register, src string) (*Version, error), put func(register string, old Dot, v Version)) (bool, error) {
+// folds into it there: put receives the old version and the folded one to
+// keep instead. A nil past means rec is a full set.
+func (rec *Record) ApplyStored(e *Edit, past func(register, src string) (*Version, error), put func(register string, old *Version, v Version)) (bool, error) {
 	changed := false
 	src := e.Source()
 	for i := range e.Writes {
 		w := &e.Writes[i]
 		reg := rec.registerFor(w.Register)
-		v := e.Version(w)
-		v.Src = src
+		v := Version{Value: w.Value, TS: e.TS, Origin: e.Origin, Dot: e.Dot, Ctx: w.Ctx, Src: src}
 		if src != "" && past != nil && reg.findSrc(src) < 0 {
 			old, err := past(w.Register, src)
 			if err != nil {
@@ -102,7 +129,7 @@ func (rec *Record) ApplyStored(e *Edit, past func(register, src string) (*Versio
 				if old.Has(v.Dot) {
 					continue
 				}
-				put(w.Register, old.Dot, reg.FoldPast(*old, v))
+				put(w.Register, old, reg.FoldPast(*old, v))
 				changed = true
 				rec.Context = rec.Context.Join(w.Ctx)
 				continue

@@ -98,10 +98,12 @@ func (v *Version) Equal(w *Version) bool {
 type Register struct {
 	Name     string
 	Versions []Version
-	// Past is the join of the contexts of the versions that are no longer
-	// in Versions (TakeDominated moved them out, to the store's history) and
-	// of copies folded into those since (FoldPast): what their writers had
-	// seen is still superseded. It is always empty in a full set.
+	// Past is the join of the contexts of the folded versions that are no
+	// longer in Versions (TakeDominated moved them out, to the store's
+	// history) and of copies folded into history since (FoldPast): what
+	// their writers had seen is still superseded, though what superseded
+	// them may have seen one copy only. It is empty in a full set, and in
+	// every register that never held two captures of one change.
 	Past VV
 }
 
@@ -242,8 +244,8 @@ func (r *Register) Context() VV {
 // context of a version that supersedes another covers that one's context
 // (contexts are closed when an edit is accepted, see CloseContext). A
 // folded version is the exception (its dominator may have seen one copy
-// only), so every moved version's context joins Past: a version arriving
-// later is judged against exactly what the full set would judge it by.
+// only): its context joins Past, so a version arriving later is judged
+// against exactly what the full set would judge it by.
 func (r *Register) TakeDominated(buf []Version) []Version {
 	keep := r.Versions[:0]
 	n := len(r.Versions)
@@ -268,10 +270,13 @@ func (r *Register) TakeDominated(buf []Version) []Version {
 			dom = big[i]
 		}
 		if dom {
-			// What it saw stays superseded (Past): for a folded version
-			// its dominator may have seen one copy only, not what the
-			// other copies' writers saw.
-			r.Past = r.Past.Join(r.Versions[i].Ctx)
+			if len(r.Versions[i].Also) > 0 {
+				// What it saw stays superseded (Past): its dominator may
+				// have seen one copy only, not what the other copies'
+				// writers saw. (Any other version's context is covered by
+				// its dominator's, closed over it when accepted.)
+				r.Past = r.Past.Join(r.Versions[i].Ctx)
+			}
 			buf = append(buf, r.Versions[i])
 		} else {
 			keep = append(keep, r.Versions[i])

@@ -209,7 +209,7 @@ func (s *Store) stageMerge(st *batchState, o *op) {
 	}
 	rec.Merge(m.state)
 	moved := func(register string, v crdt.Version) {
-		st.b.Set(historyKey(m.entity, m.id, register, v.Dot), crdt.AppendVersion(nil, &v), nil)
+		st.b.Set(historyKeyOf(m.entity, m.id, register, &v), crdt.AppendVersion(nil, &v), nil)
 		hk := string(historyPrefix(m.entity, m.id, register))
 		st.history[hk] = append(st.history[hk], v)
 	}
@@ -232,7 +232,7 @@ func (s *Store) stageMerge(st *batchState, o *op) {
 				r.Add(v) // folds into the live copy (TakeDominated below)
 				continue
 			}
-			old, err := s.pastCopy(st, m.entity, m.id, name, v.Src)
+			old, err := s.pastCopy(st, rec, m.entity, m.id, name, v.Src)
 			if err != nil {
 				fail(err)
 				return
@@ -243,30 +243,16 @@ func (s *Store) stageMerge(st *batchState, o *op) {
 				}
 				f := r.FoldPast(*old, v)
 				if !f.Equal(old) {
-					s.putPast(st, m.entity, m.id, name, old.Dot, f)
+					s.putPast(st, m.entity, m.id, name, old, f)
 				}
 				continue
 			}
 		}
-		st.b.Set(historyKey(m.entity, m.id, name, v.Dot), crdt.AppendVersion(nil, &v), nil)
+		st.b.Set(historyKeyOf(m.entity, m.id, name, &v), crdt.AppendVersion(nil, &v), nil)
 		hk := string(historyPrefix(m.entity, m.id, name))
 		st.history[hk] = append(st.history[hk], v)
 	}
 	rec.TakeDominated(moved)
-	for i := range m.history {
-		if err := s.noteVersion(st, m.entity, m.id, &m.history[i]); err != nil {
-			fail(err)
-			return
-		}
-	}
-	for ri := range rec.Registers {
-		for vi := range rec.Registers[ri].Versions {
-			if err := s.noteVersion(st, m.entity, m.id, &rec.Registers[ri].Versions[vi]); err != nil {
-				fail(err)
-				return
-			}
-		}
-	}
 	st.records[key] = rec
 	st.advanced = true
 	o.res = &Result{}

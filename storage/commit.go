@@ -164,8 +164,6 @@ type batchState struct {
 	// folded holds history versions rewritten by a fold in this batch, by
 	// history key (nil: deleted, the fold is kept under a lesser dot).
 	folded map[string]*crdt.Version
-	// sources holds source index entries read or written in this batch.
-	sources map[string]*sourceEntry
 }
 
 // committer stages batches; syncer waits for their fsync and answers. The
@@ -232,7 +230,7 @@ func (s *Store) committer() {
 func (s *Store) newBatch() *batchState {
 	return &batchState{b: s.db.NewBatch(), records: map[string]*crdt.Record{}, applied: map[string]uint64{},
 		truncated: map[string]uint64{}, history: map[string][]crdt.Version{}, start: time.Now(),
-		folded: map[string]*crdt.Version{}, sources: map[string]*sourceEntry{}}
+		folded: map[string]*crdt.Version{}}
 }
 
 // drainClosed fails requests still queued at Close.
@@ -373,14 +371,15 @@ func (s *Store) stage(st *batchState, o *op) {
 	if src := e.Source(); src != "" {
 		// A copy of a source change folds into the version holding the
 		// others, in the record or in history (sources.go).
+		lookup := rec.MayHoldCopy(src)
 		_, err := rec.ApplyStored(e, func(register, src string) (*crdt.Version, error) {
-			return s.pastCopy(st, entity, id, register, src)
-		}, func(register string, old crdt.Dot, v crdt.Version) {
+			if !lookup {
+				return nil, nil
+			}
+			return s.pastCopy(st, rec, entity, id, register, src)
+		}, func(register string, old *crdt.Version, v crdt.Version) {
 			s.putPast(st, entity, id, register, old, v)
 		})
-		if err == nil {
-			err = s.noteSource(st, entity, id, src, e.TS, e.Dot)
-		}
 		if err != nil {
 			// The staged record may hold part of the edit: nothing in
 			// this batch can be trusted.
@@ -393,7 +392,7 @@ func (s *Store) stage(st *batchState, o *op) {
 	}
 	st.conflicts += countConflicts(rec, e)
 	rec.TakeDominated(func(register string, v crdt.Version) {
-		st.b.Set(historyKey(entity, id, register, v.Dot), crdt.AppendVersion(nil, &v), nil)
+		st.b.Set(historyKeyOf(entity, id, register, &v), crdt.AppendVersion(nil, &v), nil)
 		hk := string(historyPrefix(entity, id, register))
 		st.history[hk] = append(st.history[hk], v)
 	})
@@ -514,13 +513,13 @@ func (s *Store) stagedHistory(st *batchState, entity, id, register string) ([]cr
 	// Folds of this batch replace what they rewrote.
 	kept := out[:0]
 	for _, v := range out {
-		if _, ok := st.folded[string(historyKey(entity, id, register, v.Dot))]; !ok {
+		if _, ok := st.folded[string(historyKeyOf(entity, id, register, &v))]; !ok {
 			kept = append(kept, v)
 		}
 	}
 	prefix := string(historyPrefix(entity, id, register))
 	for k, v := range st.folded {
-		if v != nil && len(k) > len(prefix) && k[:len(prefix)] == prefix && string(historyKey(entity, id, register, v.Dot)) == k {
+		if v != nil && len(k) > len(prefix) && k[:len(prefix)] == prefix && string(historyKeyOf(entity, id, register, v)) == k {
 			kept = append(kept, *v)
 		}
 	}

@@ -41,7 +41,7 @@
 //	0x02 origin                               applied mark of origin (uvarint): every seq <= it is applied
 //	0x10 entity id                            record state: live versions of every register + context (crdt.AppendRecord)
 //	0x11 entity id register dot.node dot.seq  a superseded version (crdt.AppendVersion)
-//	0x12 entity id src                        the captures of one source change (sources.go)
+//	0x11 entity id _src:c "="pos node seq     a superseded version of a source register, by position (sources.go)
 //	0x20 origin seq                           op-log entry (crdt.AppendEdit)
 //
 // Reading a record's resolved state is one point lookup of its 0x10 key; the

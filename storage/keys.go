@@ -14,7 +14,6 @@ const (
 	prefixApplied byte = 0x02
 	prefixRecord  byte = 0x10
 	prefixHistory byte = 0x11
-	prefixSource  byte = 0x12
 	prefixOpLog   byte = 0x20
 )
 

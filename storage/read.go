@@ -238,54 +238,8 @@ func (s *Store) Prune(entity string, horizon crdt.Timestamp) (int, error) {
 	if err := it.Error(); err != nil {
 		return 0, err
 	}
-	if err := s.pruneSources(b, entity, horizon); err != nil {
-		return 0, err
-	}
-	if b.Empty() {
+	if n == 0 {
 		return 0, nil
 	}
 	return n, b.Commit(pebble.Sync)
-}
-
-// pruneSources deletes the source index entries (sources.go) of captures
-// older than horizon whose change no live version holds: their history
-// versions are pruned with them.
-func (s *Store) pruneSources(b *pebble.Batch, entity string, horizon crdt.Timestamp) error {
-	prefix := appendEscaped([]byte{prefixSource}, entity)
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
-	for it.First(); it.Valid(); it.Next() {
-		e, err := decodeSourceEntry(it.Value())
-		if err != nil {
-			return fmt.Errorf("%w: source index %q: %v", ErrCorrupt, it.Key(), err)
-		}
-		if e.ts >= horizon {
-			continue
-		}
-		id, rest, err := readEscaped(it.Key()[len(prefix):])
-		if err != nil {
-			return fmt.Errorf("%w: source index key %q", ErrCorrupt, it.Key())
-		}
-		src, _, err := readEscaped(rest)
-		if err != nil {
-			return fmt.Errorf("%w: source index key %q", ErrCorrupt, it.Key())
-		}
-		rec, err := s.Get(entity, id)
-		if err != nil && !errors.Is(err, ErrNotFound) {
-			return err
-		}
-		live := false
-		if rec != nil {
-			for i := range rec.Registers {
-				live = live || rec.Registers[i].HoldsSrc(src)
-			}
-		}
-		if !live {
-			b.Delete(append([]byte(nil), it.Key()...), nil)
-		}
-	}
-	return it.Error()
 }

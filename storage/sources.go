@@ -1,9 +1,11 @@
 package storage
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/cockroachdb/pebble/v2"
 
@@ -12,137 +14,70 @@ import (
 
 // Copies of one captured source change (crdt.Version.Src) fold into one
 // version wherever they meet. Live copies meet in the record; a copy that
-// arrives after the others were superseded must find them in history, so
-// the store keeps, per record and source change, the dots of the edits
-// that captured it (0x12 entity id src -> uvarint ts, uvarint n, n × dot)
-// and looks the history version up by those dots. An entry is pruned with
-// the history it points into (Prune), once no live version holds its change.
+// arrives after the others were superseded must find them in history. The
+// history of a connector's source register (crdt.SourceRegister) is kept
+// by position (0x11 entity id register position dot, see historyKeyOf), so
+// the superseded capture of a change is one seek away, and its dots (Dot
+// and Also) name the history versions of the other registers it wrote. The
+// store only looks when the record may hold a copy at all
+// (crdt.Record.MayHoldCopy): a change captured once costs nothing extra.
 
-// sourceKey is the key of the index entry of one source change of a record.
-func sourceKey(entity, id, src string) []byte {
-	b := appendEscaped([]byte{prefixSource}, entity)
-	b = appendEscaped(b, id)
-	return appendEscaped(b, src)
+// historyKeyOf is the history key of version v of register: by dot, or
+// for a source register by position, then dot.
+func historyKeyOf(entity, id, register string, v *crdt.Version) []byte {
+	if strings.HasPrefix(register, crdt.SourcePrefix) && v.Value.Kind() == crdt.KindString {
+		return sourceHistoryKey(entity, id, register, v.Value.Str(), v.Dot)
+	}
+	return historyKey(entity, id, register, v.Dot)
 }
 
-// sourceEntry is an index entry: the captures' dots and their greatest time.
-type sourceEntry struct {
-	ts   crdt.Timestamp
-	dots []crdt.Dot
+// sourcePositionPrefix is the prefix of the history keys of a source
+// register's versions at position pos.
+func sourcePositionPrefix(entity, id, register, pos string) []byte {
+	return appendEscaped(historyPrefix(entity, id, register), "="+pos)
 }
 
-func (e *sourceEntry) has(d crdt.Dot) bool {
-	for _, x := range e.dots {
-		if x == d {
-			return true
+func sourceHistoryKey(entity, id, register, pos string, d crdt.Dot) []byte {
+	b := appendEscaped(sourcePositionPrefix(entity, id, register, pos), d.Node)
+	return binary.BigEndian.AppendUint64(b, d.Seq)
+}
+
+// stagedSourceCapture returns the superseded version of the source register
+// that holds position pos, as this batch left it (nil when there is none).
+func (s *Store) stagedSourceCapture(st *batchState, entity, id, register, pos string) (*crdt.Version, error) {
+	prefix := sourcePositionPrefix(entity, id, register, pos)
+	for k, v := range st.folded {
+		if v != nil && strings.HasPrefix(k, string(prefix)) {
+			return v, nil
 		}
 	}
-	return false
-}
-
-func (e *sourceEntry) encode() []byte {
-	b := binary.AppendUvarint(nil, uint64(e.ts))
-	b = binary.AppendUvarint(b, uint64(len(e.dots)))
-	for _, d := range e.dots {
-		b = binary.AppendUvarint(b, uint64(len(d.Node)))
-		b = append(b, d.Node...)
-		b = binary.AppendUvarint(b, d.Seq)
-	}
-	return b
-}
-
-var errSourceEntry = errors.New("bad source index entry")
-
-func decodeSourceEntry(b []byte) (*sourceEntry, error) {
-	ts, n := binary.Uvarint(b)
-	if n <= 0 {
-		return nil, errSourceEntry
-	}
-	b = b[n:]
-	cnt, n := binary.Uvarint(b)
-	if n <= 0 || cnt > uint64(len(b)) {
-		return nil, errSourceEntry
-	}
-	b = b[n:]
-	e := &sourceEntry{ts: crdt.Timestamp(ts)}
-	for i := uint64(0); i < cnt; i++ {
-		l, n := binary.Uvarint(b)
-		if n <= 0 || l == 0 || l > uint64(len(b)-n) {
-			return nil, errSourceEntry
+	for _, v := range st.history[string(historyPrefix(entity, id, register))] {
+		if v.Value.Kind() == crdt.KindString && v.Value.Str() == pos {
+			if _, gone := st.folded[string(historyKeyOf(entity, id, register, &v))]; !gone {
+				return &v, nil
+			}
 		}
-		node := string(b[n : n+int(l)])
-		b = b[n+int(l):]
-		seq, n := binary.Uvarint(b)
-		if n <= 0 || seq == 0 {
-			return nil, errSourceEntry
-		}
-		b = b[n:]
-		e.dots = append(e.dots, crdt.Dot{Node: node, Seq: seq})
 	}
-	if len(b) != 0 {
-		return nil, errSourceEntry
-	}
-	return e, nil
-}
-
-// stagedSource returns the index entry of a source change as this batch
-// left it (nil when there is none).
-func (s *Store) stagedSource(st *batchState, entity, id, src string) (*sourceEntry, error) {
-	k := string(sourceKey(entity, id, src))
-	if e, ok := st.sources[k]; ok {
-		return e, nil
-	}
-	b, closer, err := s.db.Get([]byte(k))
-	if errors.Is(err, pebble.ErrNotFound) {
-		return nil, nil
-	}
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: prefix, UpperBound: prefixEnd(prefix)})
 	if err != nil {
 		return nil, err
 	}
-	defer closer.Close()
-	e, err := decodeSourceEntry(b)
-	if err != nil {
-		return nil, fmt.Errorf("%w: source index %q: %v", ErrCorrupt, k, err)
-	}
-	st.sources[k] = e
-	return e, nil
-}
-
-// noteSource records that the edits with dots captured source change src
-// of a record (at time ts) reached this store.
-func (s *Store) noteSource(st *batchState, entity, id, src string, ts crdt.Timestamp, dots ...crdt.Dot) error {
-	entry, err := s.stagedSource(st, entity, id, src)
-	if err != nil {
-		return err
-	}
-	if entry == nil {
-		entry = &sourceEntry{}
-	}
-	next := &sourceEntry{ts: max(entry.ts, ts), dots: append([]crdt.Dot(nil), entry.dots...)}
-	for _, d := range dots {
-		if !next.has(d) {
-			next.dots = append(next.dots, d)
+	defer it.Close()
+	for it.First(); it.Valid(); it.Next() {
+		if v, ok := st.folded[string(it.Key())]; ok && v == nil {
+			continue // replaced in this batch by a fold kept under another dot
 		}
+		v, err := crdt.DecodeVersion(it.Value())
+		if err != nil {
+			return nil, fmt.Errorf("%w: history %q: %v", ErrCorrupt, it.Key(), err)
+		}
+		return &v, nil
 	}
-	if len(next.dots) == len(entry.dots) && next.ts == entry.ts {
-		return nil
-	}
-	k := sourceKey(entity, id, src)
-	st.sources[string(k)] = next
-	st.b.Set(k, next.encode(), nil)
-	return nil
+	return nil, it.Error()
 }
 
-// noteVersion is noteSource for a version (its dot and its copies').
-func (s *Store) noteVersion(st *batchState, entity, id string, v *crdt.Version) error {
-	if v.Src == "" {
-		return nil
-	}
-	return s.noteSource(st, entity, id, v.Src, v.TS, append([]crdt.Dot{v.Dot}, v.Also...)...)
-}
-
-// stagedHistoryVersion returns the history version kept under dot d, as
-// this batch left it (nil when there is none).
+// stagedHistoryVersion returns the history version of a (non-source)
+// register kept under dot d, as this batch left it (nil when there is none).
 func (s *Store) stagedHistoryVersion(st *batchState, entity, id, register string, d crdt.Dot) (*crdt.Version, error) {
 	k := historyKey(entity, id, register, d)
 	if v, ok := st.folded[string(k)]; ok {
@@ -168,14 +103,34 @@ func (s *Store) stagedHistoryVersion(st *batchState, entity, id, register string
 	return &v, nil
 }
 
-// pastCopy returns the history version of register holding a copy of
-// source change src, or nil.
-func (s *Store) pastCopy(st *batchState, entity, id, register, src string) (*crdt.Version, error) {
-	entry, err := s.stagedSource(st, entity, id, src)
-	if err != nil || entry == nil {
-		return nil, err
+// pastCopy returns the history version of register holding a capture of
+// source change src ("<source register>=<position>"), or nil. rec is the
+// record as staged: the capture's version of the source register may still
+// be live there (what superseded the capture did not write it).
+func (s *Store) pastCopy(st *batchState, rec *crdt.Record, entity, id, register, src string) (*crdt.Version, error) {
+	srcReg, pos, ok := strings.Cut(src, "=")
+	if !ok {
+		return nil, nil
 	}
-	for _, d := range entry.dots {
+	var capture *crdt.Version
+	if r := rec.Register(srcReg); r != nil && register != srcReg {
+		for i := range r.Versions {
+			if r.Versions[i].Src == src {
+				capture = &r.Versions[i]
+			}
+		}
+	}
+	if capture == nil {
+		var err error
+		capture, err = s.stagedSourceCapture(st, entity, id, srcReg, pos)
+		if err != nil || capture == nil || register == srcReg {
+			return capture, err
+		}
+	}
+	// The capture's dots name the edits that captured the change; each
+	// kept its version of register under its own dot (the least of those
+	// that wrote it, once folded).
+	for _, d := range append([]crdt.Dot{capture.Dot}, capture.Also...) {
 		v, err := s.stagedHistoryVersion(st, entity, id, register, d)
 		if err != nil {
 			return nil, err
@@ -187,14 +142,13 @@ func (s *Store) pastCopy(st *batchState, entity, id, register, src string) (*crd
 	return nil, nil
 }
 
-// putPast replaces the history version kept under old by v (a fold).
-func (s *Store) putPast(st *batchState, entity, id, register string, old crdt.Dot, v crdt.Version) {
-	if old != v.Dot {
-		k := historyKey(entity, id, register, old)
-		st.b.Delete(k, nil)
-		st.folded[string(k)] = nil
+// putPast replaces the history version old by v (their fold).
+func (s *Store) putPast(st *batchState, entity, id, register string, old *crdt.Version, v crdt.Version) {
+	ok, nk := historyKeyOf(entity, id, register, old), historyKeyOf(entity, id, register, &v)
+	if !bytes.Equal(ok, nk) {
+		st.b.Delete(ok, nil)
+		st.folded[string(ok)] = nil
 	}
-	k := historyKey(entity, id, register, v.Dot)
-	st.b.Set(k, crdt.AppendVersion(nil, &v), nil)
-	st.folded[string(k)] = &v
+	st.b.Set(nk, crdt.AppendVersion(nil, &v), nil)
+	st.folded[string(nk)] = &v
 }
