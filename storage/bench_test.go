@@ -209,7 +209,7 @@ func BenchmarkStoreApplyReplicated(b *testing.B) {
 // BenchmarkStoreApplyCaptured is BenchmarkStoreApplyReplicated for edits a
 // connector captured: each also writes the record's source register, and
 // every 4 edits hit one record (a row changed again and again), so each
-// capture supersedes the last one (history moves, source index entries).
+// capture supersedes the last one (history moves, the source register's history by position).
 // edits/s; compare with BenchmarkStoreApplyReplicated in the same run.
 func BenchmarkStoreApplyCaptured(b *testing.B) {
 	ent := testEntity()
