@@ -159,12 +159,16 @@ func (r *Register) findSrc(src string) int {
 // FoldPast folds v into old, the version holding another copy of v's
 // source change that the store already moved out of r (to history, as
 // superseded), and returns the folded version for the store to keep there
-// instead. v joins the superseded versions (so does the folded one), and
-// what its writer had seen stays superseded: r.Past takes its context, so a
-// version v covers arriving later is judged superseded by r alone.
+// instead. v joins the superseded versions, and what its writer had seen
+// stays superseded: r.Past takes the fold's context, so a version v covers
+// arriving later is judged superseded by r alone.
 func (r *Register) FoldPast(old, v Version) Version {
-	r.Past = r.Past.Join(v.Ctx)
-	return Fold(old, v)
+	f := Fold(old, v)
+	// The folded version's whole context, not only v's: Past is then the
+	// join of the contexts of the folded versions in history, whichever
+	// node folded them where (stores compare their bytes).
+	r.Past = r.Past.Join(f.Ctx)
+	return f
 }
 
 // Merge adds every version of o into r (set union).
