@@ -307,8 +307,16 @@ func (d *decoder) version(tail bool) Version {
 	v.Origin = d.str("origin")
 	v.Dot = d.dot()
 	v.Ctx = d.vv()
-	if !tail || d.err != nil {
-		return v
+	if tail {
+		d.versionTail(&v)
+	}
+	return v
+}
+
+// versionTail decodes what format 2 adds to a version: src and also.
+func (d *decoder) versionTail(v *Version) {
+	if d.err != nil {
+		return
 	}
 	v.Src = d.str("src")
 	n := d.count("also", 2)
@@ -328,7 +336,6 @@ func (d *decoder) version(tail bool) Version {
 	if d.err == nil && len(v.Also) > 0 && v.Src == "" {
 		d.fail("version %s folds copies but names no source change", v.Dot)
 	}
-	return v
 }
 
 // format reads the format byte of a record or an edit and returns it.
@@ -365,10 +372,9 @@ func DecodeVV(b []byte) (VV, error) {
 func DecodeVersion(b []byte) (Version, error) {
 	d := ownedDecoder(b)
 	v := d.version(false)
-	if d.err == nil && len(d.b) > 0 {
+	if len(d.b) > 0 {
 		// Format 2: src and also follow (a format 1 value ends after ctx).
-		d = ownedDecoder(b)
-		v = d.version(true)
+		d.versionTail(&v)
 	}
 	return v, d.done("version")
 }

@@ -26,8 +26,11 @@ type Write struct {
 }
 
 // Version returns the version w adds to its register.
-func (e *Edit) Version(w *Write) Version {
-	return Version{Value: w.Value, TS: e.TS, Origin: e.Origin, Dot: e.Dot, Ctx: w.Ctx, Src: e.Source()}
+func (e *Edit) Version(w *Write) Version { return e.version(w, e.Source()) }
+
+// version is Version for an edit whose Source is src.
+func (e *Edit) version(w *Write, src string) Version {
+	return Version{Value: w.Value, TS: e.TS, Origin: e.Origin, Dot: e.Dot, Ctx: w.Ctx, Src: src}
 }
 
 // Source names the source change e captured: the write of a connector's
@@ -61,9 +64,6 @@ func (rec *Record) Register(name string) *Register {
 	return &rec.Registers[i]
 }
 
-// Ensure returns the named register, adding an empty one if rec has none.
-func (rec *Record) Ensure(name string) *Register { return rec.registerFor(name) }
-
 func (rec *Record) registerFor(name string) *Register {
 	i, ok := slices.BinarySearchFunc(rec.Registers, name, func(r Register, n string) int { return strings.Compare(r.Name, n) })
 	if !ok {
@@ -77,6 +77,31 @@ func (rec *Record) registerFor(name string) *Register {
 func (rec *Record) Apply(e *Edit) bool {
 	changed, _ := rec.ApplyStored(e, nil, nil)
 	return changed
+}
+
+// SourceShows says what the live versions of source register shows of
+// position pos: atOrAfter, a position of pos's kind (same first letter and
+// width, so positions compare as text) at or after pos; otherKind, a
+// position of another kind (the connector changed capture mode).
+// Connectors skip a change the record shows at or after its position
+// (it was captured already); stores use it through MayHoldCopy.
+func (rec *Record) SourceShows(register, pos string) (atOrAfter, otherKind bool) {
+	reg := rec.Register(register)
+	if reg == nil || pos == "" {
+		return false, false
+	}
+	for i := range reg.Versions {
+		if reg.Dominated(i) {
+			continue
+		}
+		have := reg.Versions[i].Value.Str()
+		if len(have) != len(pos) || have[0] != pos[0] {
+			otherKind = true
+		} else if have >= pos {
+			atOrAfter = true
+		}
+	}
+	return atOrAfter, otherKind
 }
 
 // MayHoldCopy reports whether rec may hold (live or, in a store, in
@@ -93,18 +118,8 @@ func (rec *Record) MayHoldCopy(src string) bool {
 	if !ok || pos == "" {
 		return true
 	}
-	reg := rec.Register(register)
-	if reg == nil {
-		return false
-	}
-	for i := range reg.Versions {
-		// Superseded versions count too: cheaper than judging, and safe.
-		have := reg.Versions[i].Value.Str()
-		if len(have) != len(pos) || have[0] != pos[0] || have >= pos {
-			return true
-		}
-	}
-	return false
+	atOrAfter, otherKind := rec.SourceShows(register, pos)
+	return atOrAfter || otherKind
 }
 
 // ApplyStored is Apply for a store that keeps only the live versions in rec
@@ -118,24 +133,18 @@ func (rec *Record) ApplyStored(e *Edit, past func(register, src string) (*Versio
 	src := e.Source()
 	for i := range e.Writes {
 		w := &e.Writes[i]
-		reg := rec.registerFor(w.Register)
-		v := Version{Value: w.Value, TS: e.TS, Origin: e.Origin, Dot: e.Dot, Ctx: w.Ctx, Src: src}
-		if src != "" && past != nil && reg.findSrc(src) < 0 {
-			old, err := past(w.Register, src)
-			if err != nil {
+		v := e.version(w, src)
+		var folded, ch bool
+		if src != "" {
+			var err error
+			if folded, ch, err = rec.FoldCopy(w.Register, v, past, put); err != nil {
 				return changed, err
 			}
-			if old != nil {
-				if old.Has(v.Dot) {
-					continue
-				}
-				put(w.Register, old, reg.FoldPast(*old, v))
-				changed = true
-				rec.Context = rec.Context.Join(w.Ctx)
-				continue
-			}
 		}
-		if reg.Add(v) {
+		if !folded {
+			ch = rec.registerFor(w.Register).Add(v)
+		}
+		if ch {
 			changed = true
 			rec.Context = rec.Context.Join(w.Ctx)
 		}
@@ -144,6 +153,31 @@ func (rec *Record) ApplyStored(e *Edit, past func(register, src string) (*Versio
 		rec.Context = rec.Context.WithDot(e.Dot)
 	}
 	return changed, nil
+}
+
+// FoldCopy folds v, a version of register capturing a source change
+// (v.Src set), into the version holding another capture of that change:
+// live in rec, or, when past finds one (a store's history, see
+// ApplyStored), there, handing the fold to put. It reports whether such a
+// version existed (folded; otherwise v is the change's first version here)
+// and whether anything changed.
+func (rec *Record) FoldCopy(register string, v Version, past func(register, src string) (*Version, error), put func(register string, old *Version, v Version)) (folded, changed bool, err error) {
+	reg := rec.registerFor(register)
+	if reg.HoldsSrc(v.Src) {
+		return true, reg.Add(v), nil
+	}
+	if past == nil {
+		return false, false, nil
+	}
+	old, err := past(register, v.Src)
+	if err != nil || old == nil {
+		return false, false, err
+	}
+	if old.Has(v.Dot) {
+		return true, false, nil
+	}
+	put(register, old, reg.FoldPast(*old, v))
+	return true, true, nil
 }
 
 // Merge merges another record state into rec (set union of every register).

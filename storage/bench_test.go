@@ -179,7 +179,6 @@ func BenchmarkStoreApplyReplicated(b *testing.B) {
 	ent := testEntity()
 	obs := &batchObserver{}
 	s := openStore(b, b.TempDir(), "bench", nil, func(c *storage.Config) { c.Metrics = obs })
-	ctx := context.Background()
 	ts := s.Clock().Now()
 	edits := make([]*crdt.Edit, b.N)
 	for i := range edits {
@@ -191,8 +190,18 @@ func BenchmarkStoreApplyReplicated(b *testing.B) {
 			TS: ts, Origin: "api", Writes: writes}
 	}
 	b.ResetTimer()
-	for done := 0; done < b.N; {
-		n := min(benchRound, b.N-done)
+	applyInRounds(b, s, edits)
+	b.StopTimer()
+	b.ReportMetric(float64(2*b.N)/b.Elapsed().Seconds(), "versions/s")
+	reportBatches(b, obs)
+}
+
+// applyInRounds applies edits with ApplyRemoteBatch in groups of
+// benchRound, as a replication stream delivers them.
+func applyInRounds(b *testing.B, s *storage.Store, edits []*crdt.Edit) {
+	ctx := context.Background()
+	for done := 0; done < len(edits); {
+		n := min(benchRound, len(edits)-done)
 		_, errs := s.ApplyRemoteBatch(ctx, edits[done:done+n])
 		for _, err := range errs {
 			if err != nil {
@@ -201,9 +210,6 @@ func BenchmarkStoreApplyReplicated(b *testing.B) {
 		}
 		done += n
 	}
-	b.StopTimer()
-	b.ReportMetric(float64(2*b.N)/b.Elapsed().Seconds(), "versions/s")
-	reportBatches(b, obs)
 }
 
 // BenchmarkStoreApplyCaptured is BenchmarkStoreApplyReplicated for edits a
@@ -215,7 +221,6 @@ func BenchmarkStoreApplyCaptured(b *testing.B) {
 	ent := testEntity()
 	obs := &batchObserver{}
 	s := openStore(b, b.TempDir(), "bench", nil, func(c *storage.Config) { c.Metrics = obs })
-	ctx := context.Background()
 	ts := s.Clock().Now()
 	edits := make([]*crdt.Edit, b.N)
 	for i := range edits {
@@ -233,16 +238,7 @@ func BenchmarkStoreApplyCaptured(b *testing.B) {
 			TS: ts, Origin: "postgres:crm", Writes: writes}
 	}
 	b.ResetTimer()
-	for done := 0; done < b.N; {
-		n := min(benchRound, b.N-done)
-		_, errs := s.ApplyRemoteBatch(ctx, edits[done:done+n])
-		for _, err := range errs {
-			if err != nil {
-				b.Fatal(err)
-			}
-		}
-		done += n
-	}
+	applyInRounds(b, s, edits)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "edits/s")
 	reportBatches(b, obs)

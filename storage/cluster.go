@@ -208,11 +208,7 @@ func (s *Store) stageMerge(st *batchState, o *op) {
 		return
 	}
 	rec.Merge(m.state)
-	moved := func(register string, v crdt.Version) {
-		st.b.Set(historyKeyOf(m.entity, m.id, register, &v), crdt.AppendVersion(nil, &v), nil)
-		hk := string(historyPrefix(m.entity, m.id, register))
-		st.history[hk] = append(st.history[hk], v)
-	}
+	moved := s.historyMover(st, m.entity, m.id)
 	rec.TakeDominated(moved)
 	fail := func(err error) {
 		o.err = s.fail(fmt.Errorf("%w: merge snapshot of %s/%s: %v", ErrFailed, m.entity, m.id, err))
@@ -221,36 +217,22 @@ func (s *Store) stageMerge(st *batchState, o *op) {
 	for i := range m.history {
 		v := m.history[i]
 		name := m.registers[i]
-		r := rec.Register(name)
-		if r != nil && r.Has(v.Dot) {
+		if r := rec.Register(name); r != nil && r.Has(v.Dot) {
 			continue // live here: not superseded on this node
 		}
 		if v.Src != "" {
 			// A copy of a source change folds with the copies here, live
-			// or in history (sources.go).
-			if r != nil && r.HoldsSrc(v.Src) {
-				r.Add(v) // folds into the live copy (TakeDominated below)
-				continue
-			}
-			old, err := s.pastCopy(st, rec, m.entity, m.id, name, v.Src)
+			// (then TakeDominated below moves the fold) or in history.
+			folded, _, err := rec.FoldCopy(name, v, s.pastCopies(st, rec, m.entity, m.id), s.pastPutter(st, m.entity, m.id))
 			if err != nil {
 				fail(err)
 				return
 			}
-			if old != nil {
-				if r == nil {
-					r = rec.Ensure(name)
-				}
-				f := r.FoldPast(*old, v)
-				if !f.Equal(old) {
-					s.putPast(st, m.entity, m.id, name, old, f)
-				}
+			if folded {
 				continue
 			}
 		}
-		st.b.Set(historyKeyOf(m.entity, m.id, name, &v), crdt.AppendVersion(nil, &v), nil)
-		hk := string(historyPrefix(m.entity, m.id, name))
-		st.history[hk] = append(st.history[hk], v)
+		moved(name, v)
 	}
 	rec.TakeDominated(moved)
 	st.records[key] = rec

@@ -371,15 +371,12 @@ func (s *Store) stage(st *batchState, o *op) {
 	if src := e.Source(); src != "" {
 		// A copy of a source change folds into the version holding the
 		// others, in the record or in history (sources.go).
-		lookup := rec.MayHoldCopy(src)
-		_, err := rec.ApplyStored(e, func(register, src string) (*crdt.Version, error) {
-			if !lookup {
-				return nil, nil
-			}
-			return s.pastCopy(st, rec, entity, id, register, src)
-		}, func(register string, old *crdt.Version, v crdt.Version) {
-			s.putPast(st, entity, id, register, old, v)
-		})
+		// The check comes before the edit writes the source register.
+		var past func(register, src string) (*crdt.Version, error)
+		if rec.MayHoldCopy(src) {
+			past = s.pastCopies(st, rec, entity, id)
+		}
+		_, err := rec.ApplyStored(e, past, s.pastPutter(st, entity, id))
 		if err != nil {
 			// The staged record may hold part of the edit: nothing in
 			// this batch can be trusted.
@@ -391,11 +388,7 @@ func (s *Store) stage(st *batchState, o *op) {
 		rec.Apply(e)
 	}
 	st.conflicts += countConflicts(rec, e)
-	rec.TakeDominated(func(register string, v crdt.Version) {
-		st.b.Set(historyKeyOf(entity, id, register, &v), crdt.AppendVersion(nil, &v), nil)
-		hk := string(historyPrefix(entity, id, register))
-		st.history[hk] = append(st.history[hk], v)
-	})
+	rec.TakeDominated(s.historyMover(st, entity, id))
 	st.records[key] = rec
 	st.applied[e.Dot.Node] = e.Dot.Seq
 	st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), crdt.AppendEdit(nil, e), nil)
@@ -496,6 +489,16 @@ func (s *Store) finish(st *batchState) {
 			}
 		}
 		close(o.done)
+	}
+}
+
+// historyMover returns the function that stages a version of a record's
+// register in history (TakeDominated's callback).
+func (s *Store) historyMover(st *batchState, entity, id string) func(register string, v crdt.Version) {
+	return func(register string, v crdt.Version) {
+		st.b.Set(historyKeyOf(entity, id, register, &v), crdt.AppendVersion(nil, &v), nil)
+		hk := string(historyPrefix(entity, id, register))
+		st.history[hk] = append(st.history[hk], v)
 	}
 }
 

@@ -142,6 +142,18 @@ func (s *Store) pastCopy(st *batchState, rec *crdt.Record, entity, id, register,
 	return nil, nil
 }
 
+// pastCopies is pastCopy as crdt.Record.ApplyStored's past.
+func (s *Store) pastCopies(st *batchState, rec *crdt.Record, entity, id string) func(register, src string) (*crdt.Version, error) {
+	return func(register, src string) (*crdt.Version, error) {
+		return s.pastCopy(st, rec, entity, id, register, src)
+	}
+}
+
+// pastPutter is putPast as crdt.Record.ApplyStored's put.
+func (s *Store) pastPutter(st *batchState, entity, id string) func(register string, old *crdt.Version, v crdt.Version) {
+	return func(register string, old *crdt.Version, v crdt.Version) { s.putPast(st, entity, id, register, old, v) }
+}
+
 // putPast replaces the history version old by v (their fold).
 func (s *Store) putPast(st *batchState, entity, id, register string, old *crdt.Version, v crdt.Version) {
 	ok, nk := historyKeyOf(entity, id, register, old), historyKeyOf(entity, id, register, &v)

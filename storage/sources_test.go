@@ -105,3 +105,75 @@ func TestRecaptureFoldsInStore(t *testing.T) {
 		}
 	}
 }
+
+// TestSnapshotMergeFoldsCaptures: a node that holds one capture of a
+// change and installs a snapshot holding the other (superseded there)
+// ends with the same bytes as a node that received every edit.
+func TestSnapshotMergeFoldsCaptures(t *testing.T) {
+	c, w, x, y := recaptureEdits()
+	ctx := context.Background()
+	apply := func(s *storage.Store, edits ...*crdt.Edit) {
+		t.Helper()
+		for _, e := range edits {
+			if _, err := s.ApplyRemote(ctx, e); err != nil {
+				t.Fatalf("apply %v: %v", e.Dot, err)
+			}
+		}
+	}
+	a := openStore(t, t.TempDir(), "n8", newPhysClock(t0))
+	apply(a, w, x, y) // w's version of name is superseded here
+	b := openStore(t, t.TempDir(), "n9", newPhysClock(t0))
+	apply(b, c)
+	snap, err := a.Checkpoint(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []storage.MergeRecord
+	err = snap.Records(func(entity, id string, state []byte, history []storage.HistoryEntry) error {
+		rec, err := crdt.DecodeRecord(state)
+		if err != nil {
+			return err
+		}
+		recs = append(recs, storage.MergeRecord{Entity: entity, ID: id, State: rec, History: history})
+		return nil
+	})
+	snap.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.MergeRecords(ctx, recs); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.AdvanceApplied(ctx, a.Applied()); err != nil {
+		t.Fatal(err)
+	}
+	full := openStore(t, t.TempDir(), "n7", newPhysClock(t0))
+	apply(full, c, w, x, y)
+	vs, err := b.Versions("contact", "r", "name")
+	if err != nil {
+		t.Fatal(err)
+	}
+	copies := 0
+	for _, v := range vs {
+		if v.Value.Str() == "v1" {
+			copies++
+			if v.Dot != c.Dot || !slices.Equal(v.Also, []crdt.Dot{w.Dot}) {
+				t.Errorf("the change after the snapshot: %v also %v, want %v also [%v]", v.Dot, v.Also, c.Dot, w.Dot)
+			}
+		}
+	}
+	if copies != 1 {
+		t.Fatalf("the change shows %d times in name's versions after the snapshot, want once: %+v", copies, vs)
+	}
+	db, _, _, err := b.Digest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	df, _, _, err := full.Digest(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if db != df {
+		t.Fatalf("after the snapshot the digest is %s, a store that received every edit has %s", db, df)
+	}
+}

@@ -446,12 +446,8 @@ func sourcePos(commit pglogrepl.LSN, ordinal int) string {
 // connector captured a change at or after src (of the same kind of
 // position) already.
 func alreadyCaptured(rec *crdt.Record, reg, src string) bool {
-	for _, v := range crdt.SystemValues(rec, reg) {
-		if have := v.Str(); len(have) == len(src) && have[0] == src[0] && have >= src {
-			return true
-		}
-	}
-	return false
+	atOrAfter, _ := rec.SourceShows(reg, src)
+	return atOrAfter
 }
 
 func castText(cols []string) string {
