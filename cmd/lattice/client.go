@@ -350,6 +350,26 @@ func newHistoryCmd(cf *clientFlags) *cobra.Command {
 	return cmd
 }
 
+// watchEnded reports whether a watch stream's error is its own context
+// ending (Ctrl-C, or the caller's deadline), which is a clean stop. gRPC can
+// report the deadline a moment before ctx.Err() is set: the server's timer
+// for the same deadline may cancel the stream first, and the client then
+// sees the cancel with the deadline already past.
+func watchEnded(ctx context.Context, err error) bool {
+	if err == nil {
+		return false
+	}
+	if ctx.Err() != nil {
+		return true
+	}
+	switch status.Code(err) {
+	case codes.Canceled, codes.DeadlineExceeded:
+		d, ok := ctx.Deadline()
+		return ok && !time.Now().Before(d)
+	}
+	return false
+}
+
 func newWatchCmd(cf *clientFlags) *cobra.Command {
 	var cursor string
 	var fromStart bool
@@ -374,7 +394,7 @@ func newWatchCmd(cf *clientFlags) *cobra.Command {
 			out := cmd.OutOrStdout()
 			for {
 				ev, err := stream.Recv()
-				if errors.Is(err, io.EOF) || cmd.Context().Err() != nil {
+				if errors.Is(err, io.EOF) || watchEnded(cmd.Context(), err) {
 					return nil
 				}
 				if err != nil {
