@@ -187,9 +187,11 @@ func TestManagerReportPassthrough(t *testing.T) {
 		return out
 	}
 	p.set(map[string]uint64{"crm": 2, "plain": 1})
-	waitUntil(t, "crm reports captured edits", func() bool {
-		s, ok := byName()["crm"]
-		return ok && s.Running && s.Report != nil && s.Report.CapturedEdits > 0
+	// Each connector starts on its own goroutine: wait for both.
+	waitUntil(t, "crm reports captured edits and plain runs", func() bool {
+		st := byName()
+		s, ok := st["crm"]
+		return ok && s.Running && s.Report != nil && s.Report.CapturedEdits > 0 && st["plain"].Running
 	})
 	st := byName()
 	crm := st["crm"]
