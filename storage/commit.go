@@ -1,9 +1,9 @@
 package storage
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"time"
 
@@ -164,7 +164,18 @@ type batchState struct {
 	// folded holds history versions rewritten by a fold in this batch, by
 	// history key (nil: deleted, the fold is kept under a lesser dot).
 	folded map[string]*crdt.Version
+	// it reads the records this batch stages (nil until the first read):
+	// one iterator for the batch costs less than a point Get per edit,
+	// which builds its own iterator stack each time. It sees every earlier
+	// batch (each is written before the next is staged); records of this
+	// batch come from records first.
+	it *pebble.Iterator
+	// buf is scratch space for encoding values: Batch.Set copies them.
+	buf []byte
 }
+
+// enc returns buf emptied, for an encoding that st.b.Set copies at once.
+func (st *batchState) enc() []byte { return st.buf[:0] }
 
 // committer stages batches; syncer waits for their fsync and answers. The
 // two run as a pipeline: while batch k is being synced, batch k+1 is staged
@@ -268,11 +279,29 @@ func (s *Store) loadStaged(st *batchState, entity, id string) (*crdt.Record, str
 	if rec, ok := st.records[k]; ok {
 		return rec, k, nil
 	}
-	rec, err := s.getRecord([]byte(k))
-	if errors.Is(err, ErrNotFound) {
-		rec, err = &crdt.Record{}, nil
+	if st.it == nil {
+		it, err := s.db.NewIter(nil)
+		if err != nil {
+			return nil, k, err
+		}
+		st.it = it
 	}
-	return rec, k, err
+	key := []byte(k)
+	if !st.it.SeekPrefixGE(key) || !bytes.Equal(st.it.Key(), key) {
+		if err := st.it.Error(); err != nil {
+			return nil, k, err
+		}
+		return &crdt.Record{}, k, nil
+	}
+	v, err := st.it.ValueAndErr()
+	if err != nil {
+		return nil, k, err
+	}
+	rec, err := crdt.DecodeRecord(v)
+	if err != nil {
+		return nil, k, fmt.Errorf("%w: record %q: %v", ErrCorrupt, key, err)
+	}
+	return rec, k, nil
 }
 
 // stage applies one op to the batch, or fails it without touching the batch.
@@ -326,7 +355,8 @@ func (s *Store) stage(st *batchState, o *op) {
 	if e != nil && len(e.Writes) == 0 {
 		// A burned sequence number: advance the mark, keep the entry.
 		st.applied[e.Dot.Node] = e.Dot.Seq
-		st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), crdt.AppendEdit(nil, e), nil)
+		st.buf = crdt.AppendEdit(st.enc(), e)
+		st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), st.buf, nil)
 		o.res = &Result{Edit: e}
 		st.ops = append(st.ops, o)
 		st.edits = append(st.edits, e)
@@ -391,7 +421,8 @@ func (s *Store) stage(st *batchState, o *op) {
 	rec.TakeDominated(s.historyMover(st, entity, id))
 	st.records[key] = rec
 	st.applied[e.Dot.Node] = e.Dot.Seq
-	st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), crdt.AppendEdit(nil, e), nil)
+	st.buf = crdt.AppendEdit(st.enc(), e)
+	st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), st.buf, nil)
 	o.res = &Result{Edit: e}
 	st.ops = append(st.ops, o)
 	st.edits = append(st.edits, e)
@@ -420,6 +451,12 @@ func countConflicts(rec *crdt.Record, e *crdt.Edit) int {
 // write hands the staged batch to Pebble without waiting for its fsync.
 // Runs on the committer goroutine.
 func (s *Store) write(st *batchState) {
+	if st.it != nil {
+		if err := st.it.Close(); err != nil && s.failure() == nil {
+			st.err = s.fail(fmt.Errorf("%w: read records: %v", ErrFailed, err))
+		}
+		st.it = nil
+	}
 	if err := s.failure(); err != nil {
 		st.err = err
 		return
@@ -428,7 +465,8 @@ func (s *Store) write(st *batchState) {
 		return
 	}
 	for k, rec := range st.records {
-		st.b.Set([]byte(k), crdt.AppendRecord(nil, rec), nil)
+		st.buf = crdt.AppendRecord(st.enc(), rec)
+		st.b.Set([]byte(k), st.buf, nil)
 	}
 	for origin, seq := range st.applied {
 		st.b.Set(appliedKey(origin), uvarintBytes(seq), nil)
@@ -496,7 +534,8 @@ func (s *Store) finish(st *batchState) {
 // register in history (TakeDominated's callback).
 func (s *Store) historyMover(st *batchState, entity, id string) func(register string, v crdt.Version) {
 	return func(register string, v crdt.Version) {
-		st.b.Set(historyKeyOf(entity, id, register, &v), crdt.AppendVersion(nil, &v), nil)
+		st.buf = crdt.AppendVersion(st.enc(), &v)
+		st.b.Set(historyKeyOf(entity, id, register, &v), st.buf, nil)
 		hk := string(historyPrefix(entity, id, register))
 		st.history[hk] = append(st.history[hk], v)
 	}

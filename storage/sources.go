@@ -161,6 +161,7 @@ func (s *Store) putPast(st *batchState, entity, id, register string, old *crdt.V
 		st.b.Delete(ok, nil)
 		st.folded[string(ok)] = nil
 	}
-	st.b.Set(nk, crdt.AppendVersion(nil, &v), nil)
+	st.buf = crdt.AppendVersion(st.enc(), &v)
+	st.b.Set(nk, st.buf, nil)
 	st.folded[string(nk)] = &v
 }
