@@ -79,7 +79,8 @@ func propagation(b *testing.B, c *clustertest.Cluster, rate int, d time.Duration
 	<-ready
 	<-ready
 	time.Sleep(200 * time.Millisecond) // let the watches subscribe
-	// Open loop: 32 senders, each on its own schedule.
+	// Open loop: 32 schedules; each edit is sent at its scheduled time
+	// whatever the replies to earlier ones are doing.
 	const senders = 32
 	interval := time.Duration(float64(time.Second) * senders / float64(rate))
 	deadline := time.Now().Add(d)
@@ -97,7 +98,14 @@ func propagation(b *testing.B, c *clustertest.Cluster, rate int, d time.Duration
 				sentAt[id] = next // from the scheduled time: no coordinated omission
 				sent++
 				mu.Unlock()
-				_, _ = c.Nodes[0].Records().Put(ctx, &pb.PutRequest{Entity: "contact", Id: id, Fields: map[string]*pb.Value{"name": str("x")}})
+				// Each edit on its own goroutine: a slow reply must not
+				// delay the next send, or the load stops being offered (32
+				// senders each waiting 6.4 ms for a reply cap it at 5,000/s).
+				sendWG.Add(1)
+				go func() {
+					defer sendWG.Done()
+					_, _ = c.Nodes[0].Records().Put(ctx, &pb.PutRequest{Entity: "contact", Id: id, Fields: map[string]*pb.Value{"name": str("x")}})
+				}()
 				next = next.Add(interval)
 			}
 		}(w)
