@@ -231,7 +231,24 @@ func TestDeadLetterPauseRestart(t *testing.T) {
 	if _, err := n3.Cluster().PauseConnector(ctx, &pb.ConnectorRequest{Connector: "crm"}); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(1500 * time.Millisecond) // the owner's manager stops it within a reconcile round
+	// The owner's manager stops it within a reconcile round: wait until no
+	// node runs it (a fixed sleep let a slow machine capture row 3 anyway).
+	eventually(t, "no node runs crm", func() (bool, string) {
+		for _, nd := range c.Nodes {
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			st, err := nd.Cluster().ConnectorStatus(ctx, &pb.ConnectorStatusRequest{Connector: "crm", LocalOnly: true})
+			cancel()
+			if err != nil {
+				return false, nd.ID + ": " + err.Error()
+			}
+			for _, cs := range st.GetConnectors() {
+				if cs.GetPlacement().GetName() == "crm" && cs.GetRuntime().GetRunning() {
+					return false, nd.ID + " runs crm"
+				}
+			}
+		}
+		return true, ""
+	})
 	crm.Exec(t, "crm", `INSERT INTO customers VALUES (3, 'Cid', 'cid@example.com', '3')`)
 	time.Sleep(1500 * time.Millisecond)
 	if r := row(t, billing, "billing", "SELECT count(*) FROM clients WHERE client_ref = 3"); r != "0" {
