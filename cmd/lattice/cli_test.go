@@ -274,10 +274,12 @@ func TestCLIWalkthrough(t *testing.T) {
 		t.Errorf("/readyz = %d %q", code, body)
 	}
 
-	// Watch replays the op log and returns nil when its context ends.
-	wctx, wcancel := context.WithTimeout(context.Background(), time.Second)
-	var wout bytes.Buffer
-	err = run(wctx, []string{"--addr", addr, "watch", "--from-start", "contact"}, &wout, io.Discard)
+	// Watch replays the op log and returns nil when its context ends: the
+	// context is cancelled once the six events are printed (or after 10 s),
+	// and then half a second more shows that nothing else follows.
+	wctx, wcancel := context.WithTimeout(context.Background(), 10*time.Second)
+	wout := &cancelAfter{want: "contact c1", n: 6, then: func() { time.AfterFunc(500*time.Millisecond, wcancel) }}
+	err = run(wctx, []string{"--addr", addr, "watch", "--from-start", "contact"}, wout, io.Discard)
 	wcancel()
 	if err != nil {
 		t.Errorf("watch: %v", err)
@@ -307,6 +309,25 @@ func TestCLIWalkthrough(t *testing.T) {
 	if err := b.stop(t); err != nil {
 		t.Errorf("second agent run returned %v", err)
 	}
+}
+
+// cancelAfter is a writer that calls then once it has been written n
+// occurrences of want.
+type cancelAfter struct {
+	bytes.Buffer
+	want string
+	n    int
+	then func()
+	done bool
+}
+
+func (w *cancelAfter) Write(p []byte) (int, error) {
+	n, err := w.Buffer.Write(p)
+	if !w.done && strings.Count(w.String(), w.want) >= w.n {
+		w.done = true
+		w.then()
+	}
+	return n, err
 }
 
 func TestAgentBadConfig(t *testing.T) {
