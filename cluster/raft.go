@@ -72,8 +72,8 @@ func (n *Node) startRaft() error {
 		store.Close()
 		return err
 	}
-	trans := raft.NewNetworkTransportWithLogger(&streamLayer{Listener: lis, ip: hostIP(cfg.RaftAddr), advertise: adv},
-		3, 5*time.Second, rc.Logger)
+	trans := raft.NewNetworkTransportWithConfig(raftTransportConfig(
+		&streamLayer{Listener: lis, ip: hostIP(cfg.RaftAddr), advertise: adv}, rc.Logger))
 	r, err := raft.NewRaft(rc, n.fsm, store, store, snaps, trans)
 	if err != nil {
 		trans.Close()
@@ -542,4 +542,20 @@ func (n *Node) raftRole(id string) string {
 		}
 	}
 	return "none"
+}
+
+// raftTransportConfig configures Raft's TCP transport. Pipelined
+// replication is off (MaxRPCsInFlight 1: every AppendEntries waits for its
+// answer). hashicorp/raft v1.8's pipeline can deadlock: when a follower
+// answers with a newer term or a failure, the response decoder stops, and a
+// send racing with it parks forever on the pipeline's unbuffered channel;
+// the pipeline is closed only by the goroutine that is stuck. Replication
+// to that follower then stops for good and Shutdown never returns (a node
+// resumed after SIGSTOP hung on SIGTERM in TestConnectorStatusFromAnotherNode;
+// the goroutine dump showed pipelineSend blocked in netPipeline.AppendEntries
+// with decodeResponses blocked on doneCh). Raft carries only configuration,
+// placement and checkpoints here, a few entries a second, so pipelining
+// buys nothing.
+func raftTransportConfig(stream raft.StreamLayer, logger hclog.Logger) *raft.NetworkTransportConfig {
+	return &raft.NetworkTransportConfig{Stream: stream, MaxPool: 3, Timeout: 5 * time.Second, Logger: logger, MaxRPCsInFlight: 1}
 }

@@ -244,9 +244,20 @@ func (c *Cluster) Stop(nd *Node) {
 	select {
 	case <-nd.done:
 	case <-time.After(20 * time.Second):
-		c.t.Errorf("%s did not stop within 20 s after SIGTERM; killing it", nd.ID)
-		_ = nd.cmd.Process.Kill()
-		<-nd.done
+		// SIGQUIT makes the Go runtime print every goroutine's stack: what
+		// the shutdown waits for.
+		_ = nd.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-nd.done:
+		case <-time.After(5 * time.Second):
+			_ = nd.cmd.Process.Kill()
+			<-nd.done
+		}
+		logs := nd.Logs()
+		if i := strings.LastIndex(logs, "SIGQUIT"); i >= 0 {
+			logs = logs[i:]
+		}
+		c.t.Errorf("%s did not stop within 20 s after SIGTERM; its goroutines when it was killed:\n%s", nd.ID, logs)
 	}
 }
 
