@@ -174,8 +174,21 @@ type batchState struct {
 	buf []byte
 }
 
-// enc returns buf emptied, for an encoding that st.b.Set copies at once.
-func (st *batchState) enc() []byte { return st.buf[:0] }
+// setEdit, setRecord and setVersion stage a value encoded into buf.
+func (st *batchState) setEdit(key []byte, e *crdt.Edit) {
+	st.buf = crdt.AppendEdit(st.buf[:0], e)
+	st.b.Set(key, st.buf, nil)
+}
+
+func (st *batchState) setRecord(key []byte, rec *crdt.Record) {
+	st.buf = crdt.AppendRecord(st.buf[:0], rec)
+	st.b.Set(key, st.buf, nil)
+}
+
+func (st *batchState) setVersion(key []byte, v *crdt.Version) {
+	st.buf = crdt.AppendVersion(st.buf[:0], v)
+	st.b.Set(key, st.buf, nil)
+}
 
 // committer stages batches; syncer waits for their fsync and answers. The
 // two run as a pipeline: while batch k is being synced, batch k+1 is staged
@@ -297,11 +310,8 @@ func (s *Store) loadStaged(st *batchState, entity, id string) (*crdt.Record, str
 	if err != nil {
 		return nil, k, err
 	}
-	rec, err := crdt.DecodeRecord(v)
-	if err != nil {
-		return nil, k, fmt.Errorf("%w: record %q: %v", ErrCorrupt, key, err)
-	}
-	return rec, k, nil
+	rec, err := decodeStored(key, v)
+	return rec, k, err
 }
 
 // stage applies one op to the batch, or fails it without touching the batch.
@@ -355,8 +365,7 @@ func (s *Store) stage(st *batchState, o *op) {
 	if e != nil && len(e.Writes) == 0 {
 		// A burned sequence number: advance the mark, keep the entry.
 		st.applied[e.Dot.Node] = e.Dot.Seq
-		st.buf = crdt.AppendEdit(st.enc(), e)
-		st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), st.buf, nil)
+		st.setEdit(opLogKey(e.Dot.Node, e.Dot.Seq), e)
 		o.res = &Result{Edit: e}
 		st.ops = append(st.ops, o)
 		st.edits = append(st.edits, e)
@@ -421,8 +430,7 @@ func (s *Store) stage(st *batchState, o *op) {
 	rec.TakeDominated(s.historyMover(st, entity, id))
 	st.records[key] = rec
 	st.applied[e.Dot.Node] = e.Dot.Seq
-	st.buf = crdt.AppendEdit(st.enc(), e)
-	st.b.Set(opLogKey(e.Dot.Node, e.Dot.Seq), st.buf, nil)
+	st.setEdit(opLogKey(e.Dot.Node, e.Dot.Seq), e)
 	o.res = &Result{Edit: e}
 	st.ops = append(st.ops, o)
 	st.edits = append(st.edits, e)
@@ -465,8 +473,7 @@ func (s *Store) write(st *batchState) {
 		return
 	}
 	for k, rec := range st.records {
-		st.buf = crdt.AppendRecord(st.enc(), rec)
-		st.b.Set([]byte(k), st.buf, nil)
+		st.setRecord([]byte(k), rec)
 	}
 	for origin, seq := range st.applied {
 		st.b.Set(appliedKey(origin), uvarintBytes(seq), nil)
@@ -534,8 +541,7 @@ func (s *Store) finish(st *batchState) {
 // register in history (TakeDominated's callback).
 func (s *Store) historyMover(st *batchState, entity, id string) func(register string, v crdt.Version) {
 	return func(register string, v crdt.Version) {
-		st.buf = crdt.AppendVersion(st.enc(), &v)
-		st.b.Set(historyKeyOf(entity, id, register, &v), st.buf, nil)
+		st.setVersion(historyKeyOf(entity, id, register, &v), &v)
 		hk := string(historyPrefix(entity, id, register))
 		st.history[hk] = append(st.history[hk], v)
 	}

@@ -21,6 +21,11 @@ func (s *Store) getRecord(key []byte) (*crdt.Record, error) {
 		return nil, err
 	}
 	defer closer.Close()
+	return decodeStored(key, v)
+}
+
+// decodeStored decodes the stored value v of the record at key.
+func decodeStored(key, v []byte) (*crdt.Record, error) {
 	rec, err := crdt.DecodeRecord(v)
 	if err != nil {
 		return nil, fmt.Errorf("%w: record %q: %v", ErrCorrupt, key, err)

@@ -161,7 +161,6 @@ func (s *Store) putPast(st *batchState, entity, id, register string, old *crdt.V
 		st.b.Delete(ok, nil)
 		st.folded[string(ok)] = nil
 	}
-	st.buf = crdt.AppendVersion(st.enc(), &v)
-	st.b.Set(nk, st.buf, nil)
+	st.setVersion(nk, &v)
 	st.folded[string(nk)] = &v
 }

@@ -189,21 +189,6 @@ func (e *env) noEcho(t *testing.T, own string, fields ...[2]string) {
 	}
 }
 
-// quiet fails when edits keep appearing for a while with nothing changing
-// in any database (an echo loop).
-//
-// An echo never goes 1.5 s without a new edit; the last projection and its
-// read-back may still be in flight at first on a loaded machine.
-func (e *env) quiet(t *testing.T, what string) {
-	t.Helper()
-	eventually(t, what+": no new edits for 1.5 s (no echo)", func() (bool, string) {
-		before := e.store.Applied()
-		time.Sleep(1500 * time.Millisecond)
-		after := e.store.Applied()
-		return after.Equal(before), fmt.Sprintf("edits keep appearing with no change in any database: %s -> %s", before, after)
-	})
-}
-
 // TestPollCapture: the initial poll captures the rows already there; then
 // inserts, updates (only the columns that changed), soft deletes and hard
 // deletes (key set) are captured, on a server without logical decoding.
